@@ -1,0 +1,136 @@
+"""``TrainConfig``: what one training run is, validated when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rl_training import hyperparams as _hp
+
+ALGOS: tuple[str, ...] = tuple(_hp.HYPERPARAMS)
+"""The algorithms ``TrainConfig.algo`` accepts."""
+
+DEFAULT_LOG_SINKS: tuple[str, ...] = ("json", "tensorboard")
+"""Sinks a run logs to unless told otherwise."""
+
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+_SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. Every field is checked on construction.
+
+    Raises:
+        ValueError: a field has a bad value; the message names the field and what is
+            accepted. What depends on the machine (installed sinks, CUDA, the env id,
+            the action space) is checked when the run starts, before anything is
+            written.
+    """
+
+    algo: str
+    """Algorithm: one of :data:`ALGOS`."""
+    env_id: str
+    """A registered gymnasium environment id, e.g. ``"CartPole-v1"``."""
+    seed: int
+    """Seed of torch, numpy, the environments and action sampling (>= 0)."""
+    total_timesteps: int
+    """Environment steps to train for, summed over parallel environments (> 0)."""
+    output_dir: str | Path = "runs"
+    """Directory under which each run gets a fresh directory of its own."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    log_sinks: Sequence[str] = DEFAULT_LOG_SINKS
+    """Names of the sinks to log to (see ``rl-train --list-sinks``)."""
+    hyperparams: Mapping[str, Any] = field(default_factory=dict)
+    """Overrides of the algorithm's hyperparameters (see :mod:`rl_training.hyperparams`)."""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(
+                f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}"
+            )
+        if not isinstance(self.env_id, str) or not self.env_id.strip():
+            raise ValueError(
+                f"env_id: {self.env_id!r} is not a gymnasium environment id "
+                "(a non-empty string such as 'CartPole-v1')"
+            )
+        _require_int("seed", self.seed, minimum=0)
+        _require_int("total_timesteps", self.total_timesteps, minimum=1)
+        if not isinstance(self.output_dir, (str, Path)) or str(self.output_dir) == "":
+            raise ValueError(
+                f"output_dir: {self.output_dir!r} is not a directory path (str or Path)"
+            )
+        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+            raise ValueError(
+                f"device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
+            )
+        object.__setattr__(self, "log_sinks", _sink_names(self.log_sinks))
+        if not isinstance(self.hyperparams, Mapping):
+            raise ValueError(
+                f"hyperparams: {self.hyperparams!r} is not a mapping of hyperparameter "
+                f"names to values; valid keys for {self.algo!r}: "
+                f"{', '.join(_hp.field_names(self.algo))}"
+            )
+        # Built once here so that a bad key or value fails now, not mid-run.
+        _hp.build(self.algo, self.hyperparams)
+        object.__setattr__(
+            self, "hyperparams", types.MappingProxyType(dict(self.hyperparams))
+        )
+
+    def algo_hyperparams(self) -> Any:
+        """The algorithm's hyperparameter dataclass with ``hyperparams`` applied."""
+        return _hp.build(self.algo, self.hyperparams)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-shaped view: every field, plus the resolved hyperparameters."""
+        return {
+            "algo": self.algo,
+            "env_id": self.env_id,
+            "seed": self.seed,
+            "total_timesteps": self.total_timesteps,
+            "output_dir": str(self.output_dir),
+            "device": self.device,
+            "log_sinks": list(self.log_sinks),
+            "hyperparams": dict(self.hyperparams),
+            "resolved_hyperparams": dataclasses.asdict(self.algo_hyperparams()),
+        }
+
+
+def _require_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: {value!r} is not an integer (accepted: integers >= {minimum})")
+    if value < minimum:
+        raise ValueError(f"{name}: {value!r} is out of range (accepted: integers >= {minimum})")
+
+
+def _sink_names(value: object) -> tuple[str, ...]:
+    """Normalise ``log_sinks``: a sequence of names, or one comma-separated string."""
+    if isinstance(value, str):
+        names: list[object] = [part.strip() for part in value.split(",")]
+    elif isinstance(value, Sequence):
+        names = list(value)
+    else:
+        raise ValueError(
+            f"log_sinks: {value!r} is not a sequence of sink names such as "
+            f"{list(DEFAULT_LOG_SINKS)!r}"
+        )
+    if not names:
+        raise ValueError("log_sinks: empty; name at least one sink, e.g. 'json'")
+    for name in names:
+        if not isinstance(name, str) or not _SINK_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"log_sinks: {name!r} is not a sink name (letters, digits, '_', '.', '-')"
+            )
+    duplicates = sorted({n for n in names if names.count(n) > 1}, key=str)
+    if duplicates:
+        raise ValueError(f"log_sinks: {', '.join(map(repr, duplicates))} named more than once")
+    return tuple(names)  # type: ignore[arg-type]  # every item checked to be a str above
+
+
+__all__ = ["ALGOS", "DEFAULT_LOG_SINKS", "TrainConfig"]

@@ -1,0 +1,1 @@
+"""Logging: the ``Logger``/``Sink`` interfaces, ``CompositeLogger`` and the built-in sinks."""

@@ -1,0 +1,413 @@
+"""The logging interfaces and ``CompositeLogger``, the one layer that validates.
+
+Trainers talk to a :class:`Logger`; the run setup gives them a
+:class:`CompositeLogger` that checks and normalises each call once and fans it out
+to every :class:`Sink`. Sinks therefore only ever see plain Python values: an
+``int`` step, ``int``/``float``/``bool`` metrics and a JSON-shaped config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import inspect
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from rl_training.runtime.run_utils import RunContext
+
+ScalarLike: TypeAlias = Union[bool, int, float, "np.generic", "np.ndarray", "torch.Tensor"]
+"""A metric value: a Python or numpy real/bool scalar, or a one-element array or
+tensor (on any device). Strings, ``None``, complex numbers and several-element
+arrays are rejected with ``TypeError``."""
+
+Scalar: TypeAlias = Union[bool, int, float]
+"""What sinks receive for each metric."""
+
+Metrics: TypeAlias = Mapping[str, ScalarLike]
+"""One ``log_metrics`` call's values, by metric key (``namespace/name``)."""
+
+RESERVED_KEYS: frozenset[str] = frozenset({"step", "time"})
+"""Keys that belong to the row itself, not to a metric."""
+
+STATUSES: tuple[str, ...] = ("finished", "failed", "interrupted")
+"""How a run can end: the values ``close(status=...)`` accepts."""
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What a trainer logs through."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Record the run's configuration."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record one row of metrics at ``step`` (environment steps so far)."""
+
+    def close(self, status: str = "finished") -> None:
+        """Flush and release everything; ``status`` is one of :data:`STATUSES`."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """A destination for logs. Called positionally with already-normalised values.
+
+    ``close`` may take ``status`` as a keyword or take nothing at all.
+    """
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Record the JSON-shaped configuration."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record plain ``int``/``float``/``bool`` values at an ``int`` step."""
+
+    def close(self) -> None:
+        """Flush and release; may also accept ``status=...``."""
+
+
+SinkFactory: TypeAlias = Callable[["RunContext"], Sink]
+"""``factory(run_context) -> Sink``: what a plugin offers under a sink name."""
+
+
+class SinkFailureWarning(RuntimeWarning):
+    """A sink raised, was reported once and dropped; the other sinks go on."""
+
+
+class CompositeLogger:
+    """Fan every call out, in order, to a set of named sinks.
+
+    Args:
+        sinks: Sink name -> sink. The order is the fan-out order.
+        strict: Raise a sink's error (after every other sink got the call) instead
+            of warning once and dropping that sink.
+    """
+
+    def __init__(self, sinks: Mapping[str, Sink], *, strict: bool = False) -> None:
+        self._sinks: dict[str, Sink] = dict(sinks)
+        self._strict = strict
+        self._closed = False
+        # Decided once: whether each sink's close() takes the status keyword.
+        self._close_takes_status = {name: _accepts_status(s) for name, s in self._sinks.items()}
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        """Names of the sinks still receiving calls."""
+        return tuple(self._sinks)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Normalise ``config`` to JSON types and hand it to every sink.
+
+        Raises:
+            RuntimeError: the logger is closed.
+            TypeError: ``config`` is not a mapping.
+        """
+        self._check_open()
+        if not isinstance(config, Mapping) and not dataclasses.is_dataclass(config):
+            raise TypeError(f"config must be a mapping, got {type(config).__name__}")
+        plain = normalize_config(config)
+        self._fan_out("log_config", plain)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Validate and normalise the whole call, then hand it to every sink.
+
+        Validated before any sink is called, so a bad value writes nothing anywhere.
+
+        Raises:
+            RuntimeError: the logger is closed.
+            TypeError: a value is not :data:`ScalarLike` (the key is named), or
+                ``step`` is not an integer.
+            ValueError: ``step`` is negative, or a key is reserved or empty.
+        """
+        self._check_open()
+        plain_step = normalize_step(step)
+        plain = normalize_metrics(metrics)
+        if plain:
+            self._fan_out("log_metrics", plain, plain_step)
+
+    def close(self, status: str = "finished") -> None:
+        """Close every sink (passing ``status`` where its ``close`` accepts it).
+
+        Calling it again does nothing.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`STATUSES`.
+        """
+        if status not in STATUSES:
+            raise ValueError(
+                f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}"
+            )
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[BaseException] = []
+        for name, sink in list(self._sinks.items()):
+            try:
+                if self._close_takes_status[name]:
+                    sink.close(status=status)  # type: ignore[call-arg]  # checked above
+                else:
+                    sink.close()
+            except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
+                errors.append(error)
+                self._report(name, "close", error)
+        self._sinks.clear()
+        if errors and self._strict:
+            raise errors[0]
+
+    def __enter__(self) -> CompositeLogger:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.close("finished")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("interrupted")
+        else:
+            self.close("failed")
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this logger is closed; open a new run to log more")
+
+    def _fan_out(self, method: str, *args: Any) -> None:
+        first_error: BaseException | None = None
+        for name, sink in list(self._sinks.items()):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
+                if first_error is None:
+                    first_error = error
+                if not self._strict:
+                    self._drop(name, method, error)
+        if first_error is not None and self._strict:
+            raise first_error
+
+    def _drop(self, name: str, method: str, error: BaseException) -> None:
+        sink = self._sinks.pop(name)
+        self._report(name, method, error)
+        try:  # release its files; it has been reported already, so stay quiet
+            if self._close_takes_status[name]:
+                sink.close(status="failed")  # type: ignore[call-arg]
+            else:
+                sink.close()
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+    def _report(self, name: str, method: str, error: BaseException) -> None:
+        if self._strict:
+            return
+        warnings.warn(
+            f"log sink {name!r} raised in {method}() and was dropped: "
+            f"{type(error).__name__}: {error}",
+            SinkFailureWarning,
+            stacklevel=4,
+        )
+
+
+def _accepts_status(sink: object) -> bool:
+    close = getattr(sink, "close", None)
+    if close is None:
+        return False
+    try:
+        parameters = inspect.signature(close).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+    return any(
+        p.name == "status" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+# -- normalisation ---------------------------------------------------------------------
+
+
+def normalize_step(step: object) -> int:
+    """A non-negative Python ``int`` from a Python, numpy or torch integer.
+
+    Raises:
+        TypeError: not an integer (``bool`` and floats included).
+        ValueError: negative.
+    """
+    if isinstance(step, bool) or isinstance(step, np.bool_):
+        raise TypeError(f"step must be a non-negative integer, got bool {step!r}")
+    if isinstance(step, (int, np.integer)):
+        value = int(step)
+    elif _is_tensor(step) and step.numel() == 1 and not step.dtype.is_floating_point and (
+        not step.dtype.is_complex and step.dtype != _torch().bool
+    ):
+        value = int(step.item())
+    else:
+        raise TypeError(
+            f"step must be a non-negative integer (Python, numpy or torch), got "
+            f"{type(step).__name__} {step!r}"
+        )
+    if value < 0:
+        raise ValueError(f"step must be a non-negative integer, got {value}")
+    return value
+
+
+def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Check every key and value; return plain Python scalars in the same order.
+
+    Tensors on an accelerator are gathered per device and copied to the host in
+    one transfer, so a call with many CUDA scalars costs one synchronisation.
+
+    Raises:
+        TypeError: ``metrics`` is not a mapping, a key is not a string, or a value
+            is not :data:`ScalarLike` (the key is named).
+        ValueError: a key is empty or reserved (:data:`RESERVED_KEYS`).
+    """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of str to scalar, got {type(metrics).__name__}")
+    out: dict[str, Any] = {}
+    on_device: dict[Any, list[tuple[str, Any]]] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metric key {key!r} is not a string")
+        if not key or key in RESERVED_KEYS:
+            raise ValueError(
+                f"metric key {key!r} is reserved or empty (reserved: "
+                f"{', '.join(sorted(RESERVED_KEYS))}); pick another name"
+            )
+        # Fast path first: plain Python numbers are what trainers mostly log.
+        kind = type(value)
+        if kind is float or kind is int or kind is bool:
+            out[key] = value
+        elif isinstance(value, (np.generic, np.ndarray)):
+            out[key] = _numpy_scalar(key, value)
+        elif _is_tensor(value):
+            if value.numel() != 1:
+                raise TypeError(
+                    f"metric {key!r}: a tensor of {value.numel()} elements is not a scalar"
+                )
+            if value.dtype.is_complex:
+                raise TypeError(f"metric {key!r}: complex tensor {value!r} is not a real number")
+            if value.device.type == "cpu":
+                out[key] = _from_item(value.item(), value.dtype)
+            else:
+                out[key] = None  # placeholder keeps the key order
+                on_device.setdefault(value.device, []).append((key, value))
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            out[key] = float(value) if not isinstance(value, numbers.Integral) else int(value)
+        elif isinstance(value, bool):  # a bool subclass
+            out[key] = bool(value)
+        else:
+            raise TypeError(
+                f"metric {key!r}: {type(value).__name__} {value!r} is not a scalar "
+                "(accepted: bool, int, float, a numpy scalar, or a one-element array or tensor)"
+            )
+    for tensors in on_device.values():
+        _gather_to_host(tensors, out)
+    return out
+
+
+def _gather_to_host(items: list[tuple[str, Any]], out: dict[str, Any]) -> None:
+    """One device-to-host copy for all of a device's tensors of one call."""
+    torch = _torch()
+    flat = [t.reshape(()) for _, t in items]
+    dtypes = {t.dtype for t in flat}
+    common = dtypes.pop() if len(dtypes) == 1 else torch.float64
+    host = torch.stack([t.to(common) for t in flat]).cpu().tolist()
+    for (key, tensor), value in zip(items, host, strict=True):
+        out[key] = _from_item(value, tensor.dtype)
+
+
+def _from_item(value: Any, dtype: Any) -> Scalar:
+    torch = _torch()
+    if dtype == torch.bool:
+        return bool(value)
+    if dtype.is_floating_point:
+        return float(value)
+    return int(value)
+
+
+def _numpy_scalar(key: str, value: np.generic | np.ndarray) -> Scalar:
+    if value.size != 1:
+        raise TypeError(f"metric {key!r}: an array of {value.size} elements is not a scalar")
+    if value.dtype.kind not in "biuf":
+        raise TypeError(
+            f"metric {key!r}: numpy {value.dtype} value {value!r} is not a real number or bool"
+        )
+    item = value.item() if isinstance(value, np.generic) else value.reshape(()).item()
+    return item  # type: ignore[no-any-return]  # .item() of kind b/i/u/f is bool/int/float
+
+
+def _is_tensor(value: object) -> bool:
+    # Look torch up only if it is already imported: a run that never made a tensor
+    # does not pay for importing torch here.
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def normalize_config(value: Any) -> Any:
+    """A JSON-shaped copy: dicts with str keys, lists, str, numbers, bool, None.
+
+    Dataclasses become dicts, tuples and sets lists, numpy and one-element torch
+    values Python numbers, and anything else (a ``Path``, an enum...) its ``str``.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, enum.Enum):
+            return value.value if isinstance(value.value, (str, int, float)) else str(value)
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        to_dict = getattr(value, "to_dict", None)
+        raw = to_dict() if callable(to_dict) else dataclasses.asdict(value)
+        return normalize_config(raw)
+    if isinstance(value, Mapping):
+        return {str(k): normalize_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [normalize_config(v) for v in items]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return normalize_config(value.tolist())
+    if _is_tensor(value):
+        return normalize_config(value.detach().cpu().tolist())
+    if isinstance(value, PurePath):
+        return str(value)
+    return str(value)
+
+
+def is_finite(value: Scalar) -> bool:
+    """Whether a normalised metric value is a finite number (bools and ints are)."""
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+__all__ = [
+    "RESERVED_KEYS",
+    "STATUSES",
+    "CompositeLogger",
+    "Logger",
+    "Metrics",
+    "Scalar",
+    "ScalarLike",
+    "Sink",
+    "SinkFactory",
+    "SinkFailureWarning",
+    "normalize_config",
+    "normalize_metrics",
+    "normalize_step",
+]

@@ -1,0 +1,1 @@
+"""The built-in sinks, each registered through the ``rl_training_log_sinks`` hook."""

@@ -1,0 +1,98 @@
+"""The ``json`` sink: ``config.json`` and one strict-JSON line per call in ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rl_training.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from rl_training.experiment.logging import Scalar, SinkFactory
+    from rl_training.runtime.run_utils import RunContext
+
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_safe(value: Scalar) -> Scalar | str:
+    """``value``, or for a non-finite float the string RFC 8259 JSON can carry."""
+    if type(value) is float and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else _NON_FINITE[value]
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write pretty, key-sorted JSON through a temporary file and a rename.
+
+    A reader, or a process killed mid-write, sees the old file or the new one,
+    never a truncated one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class JsonlSink:
+    """Write ``config.json`` on ``log_config`` and one flushed line of ``metrics.jsonl`` per call.
+
+    Each line is ``{"step": ..., "time": ..., <metrics>...}`` in strict JSON, written
+    with a single ``write(2)`` on an unbuffered append-only descriptor: a reader, or
+    a process killed at any instant, only ever sees whole lines.
+    """
+
+    def __init__(self, run_context: RunContext) -> None:
+        self._metrics_path = run_context.metrics_path
+        self._config_path = run_context.config_path
+        self._fd: int | None = os.open(
+            self._metrics_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+            0o644,
+        )
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Write ``config.json`` (pretty, sorted keys); a later call replaces it."""
+        write_json_atomic(self._config_path, _json_safe_tree(config))
+
+    def log_metrics(self, metrics: Mapping[str, Scalar], step: int) -> None:
+        """Append one line holding ``step``, ``time`` (Unix seconds) and every metric."""
+        if self._fd is None:
+            raise RuntimeError(f"{self._metrics_path} is closed")
+        row: dict[str, Any] = {"step": step, "time": time.time()}
+        for key, value in metrics.items():
+            row[key] = json_safe(value)
+        data = (_encode(row) + "\n").encode("utf-8")
+        while data:  # a regular file takes it all in one write; loop only to be sure
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def close(self) -> None:
+        """fsync and close ``metrics.jsonl``; a second call does nothing."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _json_safe_tree(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _json_safe_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe_tree(v) for v in value]
+    return json_safe(value) if isinstance(value, float) else value
+
+
+@hookimpl
+def rl_training_log_sinks() -> dict[str, SinkFactory]:
+    """Offer the ``json`` sink."""
+    return {"json": JsonlSink}

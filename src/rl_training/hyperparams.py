@@ -1,0 +1,389 @@
+"""Hyperparameters of every algorithm, one frozen dataclass each.
+
+They live here rather than beside each trainer so that :class:`~rl_training.TrainConfig`
+can validate ``hyperparams`` overrides (and ``rl-train --hp``) without importing torch.
+Names follow Stable-Baselines3 wherever it has one, plus ``num_envs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"hyperparams[{name!r}] must be > 0, got {value!r}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"hyperparams[{name!r}] must be >= 0, got {value!r}")
+
+
+def _unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"hyperparams[{name!r}] must be in [0, 1], got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Common:
+    """Fields every algorithm has."""
+
+    num_envs: int = 1
+    """Number of parallel environments (``gymnasium.vector.SyncVectorEnv``)."""
+    learning_rate: float = 3e-4
+    """Adam step size."""
+    gamma: float = 0.99
+    """Discount factor."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of every network (Tanh on-policy, ReLU off-policy)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _positive("num_envs", self.num_envs)
+        _positive("learning_rate", self.learning_rate)
+        _unit_interval("gamma", self.gamma)
+        if not self.net_arch or any(width <= 0 for width in self.net_arch):
+            raise ValueError(
+                f"hyperparams['net_arch'] must be a non-empty list of positive layer "
+                f"widths, got {list(self.net_arch)!r}"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOHyperparams(_Common):
+    """Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347)."""
+
+    num_envs: int = 4
+    """Number of parallel environments."""
+    learning_rate: float = 1e-3
+    """Adam step size (annealed linearly to 0 when ``anneal_lr``)."""
+    anneal_lr: bool = True
+    """Linearly decay the learning rate to 0 over ``total_timesteps``."""
+    n_steps: int = 128
+    """Steps collected per environment between updates."""
+    batch_size: int = 128
+    """Minibatch size of each gradient step."""
+    n_epochs: int = 10
+    """Passes over the rollout per update."""
+    gae_lambda: float = 0.95
+    """GAE lambda (Schulman et al. 2016, arXiv:1506.02438)."""
+    clip_range: float = 0.2
+    """Surrogate clipping range epsilon (PPO paper, eq. 7)."""
+    normalize_advantage: bool = True
+    """Normalise advantages per minibatch."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_steps", "batch_size", "n_epochs", "clip_range", "max_grad_norm"):
+            _positive(name, getattr(self, name))
+        for name in ("ent_coef", "vf_coef"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("gae_lambda", self.gae_lambda)
+
+
+@dataclass(frozen=True, kw_only=True)
+class A2CHyperparams(_Common):
+    """Advantage Actor-Critic, synchronous A3C (Mnih et al. 2016, arXiv:1602.01783)."""
+
+    num_envs: int = 8
+    """Number of parallel environments."""
+    learning_rate: float = 7e-4
+    """RMSprop step size."""
+    n_steps: int = 5
+    """Steps collected per environment between updates (the n of n-step returns)."""
+    gae_lambda: float = 1.0
+    """GAE lambda; 1.0 gives plain n-step advantages."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    normalize_advantage: bool = False
+    """Normalise advantages per update."""
+    rms_prop_eps: float = 1e-5
+    """RMSprop epsilon (SB3's default, after the original A2C)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_steps", "max_grad_norm", "rms_prop_eps"):
+            _positive(name, getattr(self, name))
+        for name in ("ent_coef", "vf_coef"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("gae_lambda", self.gae_lambda)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DQNHyperparams(_Common):
+    """Deep Q-Network (Mnih et al. 2015, doi:10.1038/nature14236)."""
+
+    learning_rate: float = 2.3e-3
+    """Adam step size."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the Q-network."""
+    buffer_size: int = 100_000
+    """Replay buffer capacity (transitions)."""
+    learning_starts: int = 1_000
+    """Environment steps before the first gradient step."""
+    batch_size: int = 64
+    """Minibatch size."""
+    train_freq: int = 256
+    """Environment steps (per environment) between training phases."""
+    gradient_steps: int = 128
+    """Gradient steps per training phase."""
+    target_update_interval: int = 10
+    """Environment steps between hard target-network updates."""
+    tau: float = 1.0
+    """Target update coefficient (1.0 = hard copy)."""
+    exploration_fraction: float = 0.16
+    """Fraction of training over which epsilon decays."""
+    exploration_initial_eps: float = 1.0
+    """Initial epsilon."""
+    exploration_final_eps: float = 0.04
+    """Final epsilon."""
+    max_grad_norm: float = 10.0
+    """Global gradient-norm clip."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "batch_size", "train_freq", "target_update_interval"):
+            _positive(name, getattr(self, name))
+        for name in ("learning_starts", "gradient_steps"):
+            _non_negative(name, getattr(self, name))
+        for name in (
+            "tau",
+            "exploration_fraction",
+            "exploration_initial_eps",
+            "exploration_final_eps",
+        ):
+            _unit_interval(name, getattr(self, name))
+        _positive("max_grad_norm", self.max_grad_norm)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SACHyperparams(_Common):
+    """Soft Actor-Critic (Haarnoja et al. 2018, arXiv:1812.05905)."""
+
+    learning_rate: float = 1e-3
+    """Adam step size of actor, critics and temperature."""
+    net_arch: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of actor and critics."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity (transitions)."""
+    learning_starts: int = 100
+    """Environment steps of uniform random actions before learning."""
+    batch_size: int = 256
+    """Minibatch size."""
+    train_freq: int = 1
+    """Environment steps (per environment) between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase."""
+    tau: float = 0.005
+    """Polyak averaging coefficient of the target critics."""
+    ent_coef: str | float = "auto"
+    """Entropy temperature alpha: a float, or ``"auto"`` / ``"auto_<init>"`` to learn it."""
+    target_entropy: str | float = "auto"
+    """Target entropy of automatic tuning; ``"auto"`` is ``-dim(action space)``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "batch_size", "train_freq"):
+            _positive(name, getattr(self, name))
+        for name in ("learning_starts", "gradient_steps"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("tau", self.tau)
+        _check_auto("ent_coef", self.ent_coef, prefix_ok=True)
+        _check_auto("target_entropy", self.target_entropy, prefix_ok=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TD3Hyperparams(_Common):
+    """Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477)."""
+
+    learning_rate: float = 1e-3
+    """Adam step size of actor and critics."""
+    net_arch: tuple[int, ...] = (400, 300)
+    """Hidden layer sizes of actor and critics."""
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity (transitions)."""
+    learning_starts: int = 100
+    """Environment steps of uniform random actions before learning."""
+    batch_size: int = 256
+    """Minibatch size."""
+    train_freq: int = 1
+    """Environment steps (per environment) between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase."""
+    tau: float = 0.005
+    """Polyak averaging coefficient of the target networks."""
+    policy_delay: int = 2
+    """Critic updates per actor (and target) update."""
+    action_noise: float = 0.1
+    """Std of the Gaussian exploration noise, as a fraction of the action range."""
+    target_policy_noise: float = 0.2
+    """Std of the target policy smoothing noise (fraction of the action range)."""
+    target_noise_clip: float = 0.5
+    """Clip of the target policy smoothing noise (fraction of the action range)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "batch_size", "train_freq", "policy_delay"):
+            _positive(name, getattr(self, name))
+        for name in (
+            "learning_starts",
+            "gradient_steps",
+            "action_noise",
+            "target_policy_noise",
+            "target_noise_clip",
+        ):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("tau", self.tau)
+
+
+Hyperparams = Union[
+    PPOHyperparams, A2CHyperparams, DQNHyperparams, SACHyperparams, TD3Hyperparams
+]
+"""Any algorithm's hyperparameter dataclass."""
+
+HYPERPARAMS: Mapping[str, type[Any]] = types.MappingProxyType(
+    {
+        "ppo": PPOHyperparams,
+        "a2c": A2CHyperparams,
+        "dqn": DQNHyperparams,
+        "sac": SACHyperparams,
+        "td3": TD3Hyperparams,
+    }
+)
+"""Algorithm name -> its hyperparameter dataclass (the order is the CLI's)."""
+
+
+def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
+    if isinstance(value, str):
+        if value == "auto" or (prefix_ok and value.startswith("auto_")):
+            if value.startswith("auto_"):
+                try:
+                    initial = float(value[len("auto_") :])
+                except ValueError:
+                    initial = math.nan
+                if not initial > 0:
+                    raise ValueError(
+                        f"hyperparams[{name!r}]: {value!r} needs a positive number after "
+                        "'auto_', e.g. 'auto_0.1'"
+                    )
+            return
+        accepted = "'auto', 'auto_<initial value>' or a number" if prefix_ok else "'auto' or a number"
+        raise ValueError(f"hyperparams[{name!r}] must be {accepted}, got {value!r}")
+    if name == "ent_coef":
+        _positive(name, value)
+
+
+def field_names(algo: str) -> tuple[str, ...]:
+    """The hyperparameter names that ``algo`` accepts, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(HYPERPARAMS[algo]))
+
+
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    """Each field's annotation, resolved (``from __future__`` makes them strings)."""
+    return get_type_hints(cls)
+
+
+def coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's ``annotation``; return it in the field's type.
+
+    An ``int`` is accepted where a ``float`` is expected, a list where a tuple is;
+    a ``bool`` is never taken for a number.
+
+    Raises:
+        ValueError: naming the hyperparameter, the value and the accepted type.
+    """
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        for option in get_args(annotation):
+            try:
+                return coerce(name, value, option)
+            except ValueError:
+                continue
+        raise ValueError(
+            f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}"
+        )
+    if origin is tuple:
+        if isinstance(value, (list, tuple)):
+            (item_type, _ellipsis) = get_args(annotation)
+            return tuple(coerce(name, item, item_type) for item in value)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}")
+
+
+def _describe(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(option) for option in get_args(annotation))
+    if origin is tuple:
+        return f"a list of {_describe(get_args(annotation)[0])}"
+    return {bool: "a bool", int: "an integer", float: "a finite number", str: "a string"}.get(
+        annotation, str(annotation)
+    )
+
+
+def build(algo: str, overrides: Mapping[str, Any]) -> Any:
+    """The hyperparameter dataclass of ``algo`` with ``overrides`` applied.
+
+    Raises:
+        ValueError: an unknown key (the message lists the valid ones) or a bad value.
+    """
+    cls = HYPERPARAMS[algo]
+    unknown = sorted(set(overrides) - set(field_names(algo)))
+    if unknown:
+        raise ValueError(
+            f"hyperparams: unknown key(s) {', '.join(map(repr, unknown))} for algo "
+            f"{algo!r}; valid keys: {', '.join(field_names(algo))}"
+        )
+    return cls(**overrides)  # __post_init__ coerces and range-checks every field
+
+
+def _check_types(instance: Any) -> None:
+    """Reject a field whose value does not match its annotation (also for direct use)."""
+    annotations = field_types(type(instance))
+    for f in dataclasses.fields(instance):
+        coerced = coerce(f.name, getattr(instance, f.name), annotations[f.name])
+        object.__setattr__(instance, f.name, coerced)
+
+
+__all__ = [
+    "HYPERPARAMS",
+    "A2CHyperparams",
+    "DQNHyperparams",
+    "Hyperparams",
+    "PPOHyperparams",
+    "SACHyperparams",
+    "TD3Hyperparams",
+    "build",
+    "coerce",
+    "field_names",
+]

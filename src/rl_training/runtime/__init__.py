@@ -1,0 +1,1 @@
+"""Run setup, device resolution and seeding."""
