@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import inspect
-import math
 import numbers
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import PurePath
@@ -276,7 +276,8 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of str to scalar, got {type(metrics).__name__}")
     out: dict[str, Any] = {}
-    on_device: dict[Any, list[tuple[str, Any]]] = {}
+    tensors: dict[Any, list[tuple[str, Any]]] = {}  # device -> [(key, tensor)]
+    tensor_type = _tensor_type()
     for key, value in metrics.items():
         if not isinstance(key, str):
             raise TypeError(f"metric key {key!r} is not a string")
@@ -289,22 +290,22 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
         kind = type(value)
         if kind is float or kind is int or kind is bool:
             out[key] = value
+        elif tensor_type is not None and isinstance(value, tensor_type):
+            if value.is_cpu:  # nothing to transfer: .item() is the cheapest read
+                out[key] = _tensor_item(key, value)
+            else:
+                if value.numel() != 1:
+                    raise TypeError(
+                        f"metric {key!r}: a tensor of {value.numel()} elements is not a scalar"
+                    )
+                if value.dtype.is_complex:
+                    raise TypeError(f"metric {key!r}: complex tensor {value!r} is not real")
+                out[key] = None  # placeholder keeps the key order
+                tensors.setdefault(value.device, []).append((key, value))
         elif isinstance(value, (np.generic, np.ndarray)):
             out[key] = _numpy_scalar(key, value)
-        elif _is_tensor(value):
-            if value.numel() != 1:
-                raise TypeError(
-                    f"metric {key!r}: a tensor of {value.numel()} elements is not a scalar"
-                )
-            if value.dtype.is_complex:
-                raise TypeError(f"metric {key!r}: complex tensor {value!r} is not a real number")
-            if value.device.type == "cpu":
-                out[key] = _from_item(value.item(), value.dtype)
-            else:
-                out[key] = None  # placeholder keeps the key order
-                on_device.setdefault(value.device, []).append((key, value))
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            out[key] = float(value) if not isinstance(value, numbers.Integral) else int(value)
+            out[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
         elif isinstance(value, bool):  # a bool subclass
             out[key] = bool(value)
         else:
@@ -312,20 +313,41 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
                 f"metric {key!r}: {type(value).__name__} {value!r} is not a scalar "
                 "(accepted: bool, int, float, a numpy scalar, or a one-element array or tensor)"
             )
-    for tensors in on_device.values():
-        _gather_to_host(tensors, out)
+    for items in tensors.values():
+        _gather_to_host(items, out)
     return out
 
 
 def _gather_to_host(items: list[tuple[str, Any]], out: dict[str, Any]) -> None:
-    """One device-to-host copy for all of a device's tensors of one call."""
+    """One device-to-host copy (one synchronisation) for a device's tensors of one call."""
     torch = _torch()
-    flat = [t.reshape(()) for _, t in items]
-    dtypes = {t.dtype for t in flat}
-    common = dtypes.pop() if len(dtypes) == 1 else torch.float64
-    host = torch.stack([t.to(common) for t in flat]).cpu().tolist()
+    if len(items) == 1:
+        ((key, tensor),) = items
+        out[key] = _from_item(tensor.item(), tensor.dtype)
+        return
+    flat = [t.detach() if t.dim() == 0 else t.detach().reshape(()) for _, t in items]
+    if len({t.dtype for t in flat}) == 1:  # tolist() already gives the right Python types
+        host = torch.stack(flat).cpu().tolist()
+        for (key, _), value in zip(items, host, strict=True):
+            out[key] = value
+        return
+    # Mixed dtypes: float64 holds bools, floats and ints up to 2**53 exactly.
+    host = torch.stack([t.to(torch.float64) for t in flat]).cpu().tolist()
     for (key, tensor), value in zip(items, host, strict=True):
         out[key] = _from_item(value, tensor.dtype)
+
+
+def _tensor_item(key: str, tensor: Any) -> Scalar:
+    """A CPU tensor's one element as the Python type ``.item()`` gives for its dtype."""
+    try:
+        value = tensor.item()
+    except RuntimeError:  # more or fewer than one element
+        raise TypeError(
+            f"metric {key!r}: a tensor of {tensor.numel()} elements is not a scalar"
+        ) from None
+    if type(value) is complex:
+        raise TypeError(f"metric {key!r}: complex tensor {tensor!r} is not a real number")
+    return value  # type: ignore[no-any-return]  # bool, int or float by dtype
 
 
 def _from_item(value: Any, dtype: Any) -> Scalar:
@@ -348,13 +370,16 @@ def _numpy_scalar(key: str, value: np.generic | np.ndarray) -> Scalar:
     return item  # type: ignore[no-any-return]  # .item() of kind b/i/u/f is bool/int/float
 
 
-def _is_tensor(value: object) -> bool:
-    # Look torch up only if it is already imported: a run that never made a tensor
-    # does not pay for importing torch here.
-    import sys
-
+def _tensor_type() -> type[Any] | None:
+    # Look torch up only if it is already imported: a program that never made a
+    # tensor does not pay for importing torch here.
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    return None if torch is None else torch.Tensor  # type: ignore[no-any-return]
+
+
+def _is_tensor(value: object) -> bool:
+    tensor_type = _tensor_type()
+    return tensor_type is not None and isinstance(value, tensor_type)
 
 
 def _torch() -> Any:
@@ -389,11 +414,6 @@ def normalize_config(value: Any) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     return str(value)
-
-
-def is_finite(value: Scalar) -> bool:
-    """Whether a normalised metric value is a finite number (bools and ints are)."""
-    return not isinstance(value, float) or math.isfinite(value)
 
 
 __all__ = [
