@@ -137,7 +137,9 @@ class PluginManager(pluggy.PluginManager):
         the rest still load.
         """
         seen: set[tuple[str, str]] = set()
-        for dist in metadata.distributions():
+        # Sorted by name: sys.path order would make clash messages machine-dependent.
+        dists = sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower())
+        for dist in dists:
             dist_name = dist.metadata["Name"] or "?"
             for ep in dist.entry_points:
                 if ep.group != hookspecs.PROJECT_NAME or (ep.name, ep.value) in seen:
@@ -198,9 +200,10 @@ def discover_sinks(pm: PluginManager | None = None) -> SinkCatalog:
     pm = pm if pm is not None else get_plugin_manager()
     failures = list(pm.load_failures)
     offered: dict[str, list[SinkInfo]] = {}
-    # pluggy calls the last registered first; walk registration order instead, so the
-    # built-ins come first and "first provider" means what a reader expects.
-    for impl in reversed(pm.hook.rl_training_log_sinks.get_hookimpls()):
+    # Each implementation is called on its own (not through pm.hook...()) so that every
+    # offer is credited to its plugin and one raising hook cannot hide the others.
+    # get_hookimpls() is in registration order: built-ins first, then entry points.
+    for impl in pm.hook.rl_training_log_sinks.get_hookimpls():
         plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
         dist_name, version = pm.distribution_of(impl.plugin)
         try:

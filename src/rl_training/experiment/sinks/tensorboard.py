@@ -13,11 +13,12 @@ if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
     from rl_training.runtime.run_utils import RunContext
 
-# close(status) -> the hparams plugin's session status.
+# close(status) -> the hparams plugin's session status. Its enum has no "aborted":
+# an interrupted run did not fail, so it is "unknown" rather than "failure".
 _SESSION_STATUS = {
     "finished": "STATUS_SUCCESS",
     "failed": "STATUS_FAILURE",
-    "interrupted": "STATUS_ABORTED",
+    "interrupted": "STATUS_UNKNOWN",
 }
 
 
