@@ -25,9 +25,7 @@ KEYS = [f"group{i % 3}/metric_{i}" for i in range(10)]
 
 
 def _config(root: Path) -> TrainConfig:
-    return TrainConfig(
-        algo="ppo", env_id="CartPole-v1", seed=0, total_timesteps=1, output_dir=root
-    )
+    return TrainConfig(algo="ppo", env_id="CartPole-v1", seed=0, total_timesteps=1, output_dir=root)
 
 
 def bench_composite(root: Path, tensors: bool) -> float:

@@ -47,8 +47,9 @@ class PluginFactory:
         root.mkdir()
         monkeypatch.syspath_prepend(str(root))
 
-    def install(self, dist_name: str, source: str, *, entry_name: str | None = None,
-                version: str = "1.0") -> str:
+    def install(
+        self, dist_name: str, source: str, *, entry_name: str | None = None, version: str = "1.0"
+    ) -> str:
         """Install a one-module distribution whose ``rl_training`` entry point is that module."""
         module = f"{dist_name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
         (self.root / f"{module}.py").write_text(textwrap.dedent(source))

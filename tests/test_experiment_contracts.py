@@ -53,7 +53,9 @@ def test_tensorboard_holds_every_point_the_jsonl_holds(tiny_config):
     values = [0.25, math.nan, math.inf, -math.inf, -3.0, 1e30]
     with rl_training.create_training_run(config) as run:
         for step, value in enumerate(values):
-            run.logger.log_metrics({"m/value": value, "m/flag": step % 2 == 0, "m/count": step}, step * 10)
+            run.logger.log_metrics(
+                {"m/value": value, "m/flag": step % 2 == 0, "m/count": step}, step * 10
+            )
     rows = read_jsonl(run.run_context.metrics_path)
     scalars = read_scalars(run.run_context.tensorboard_dir)
     for key in ("m/value", "m/flag", "m/count"):
@@ -84,7 +86,7 @@ WRITER = textwrap.dedent(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_process_leaves_only_whole_lines(tmp_path, sig):
-    """A process killed mid-logging leaves metrics.jsonl of whole strict-JSON lines and config.json intact."""
+    """A process killed mid-logging leaves whole strict-JSON lines and an intact config.json."""
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(tmp_path / "runs")],
         stdout=subprocess.PIPE,

@@ -117,10 +117,19 @@ def test_normalises_numpy_and_torch_to_plain_python(logger, journal):
     (_, _, metrics, step) = journal[0]
     assert type(step) is int and step == 12
     expected = {
-        "np/f32": (float, 0.5), "np/i64": (int, 7), "np/u8": (int, 3),
-        "np/bool": (bool, True), "np/arr": (float, 2.5), "np/arr0d": (int, 4),
-        "t/f": (float, 1.25), "t/i": (int, 9), "t/b": (bool, False), "t/one": (float, 1.0),
-        "t/grad": (float, 4.0), "py/int": (int, 1), "py/bool": (bool, True),
+        "np/f32": (float, 0.5),
+        "np/i64": (int, 7),
+        "np/u8": (int, 3),
+        "np/bool": (bool, True),
+        "np/arr": (float, 2.5),
+        "np/arr0d": (int, 4),
+        "t/f": (float, 1.25),
+        "t/i": (int, 9),
+        "t/b": (bool, False),
+        "t/one": (float, 1.0),
+        "t/grad": (float, 4.0),
+        "py/int": (int, 1),
+        "py/bool": (bool, True),
     }
     assert {k: (type(v), v) for k, v in metrics.items()} == expected
     assert list(metrics) == list(expected)
@@ -164,9 +173,17 @@ def test_bad_value_names_the_key_and_writes_nothing(logger, journal, bad, fragme
 
 @pytest.mark.parametrize(
     ("step", "error"),
-    [(-1, ValueError), (1.5, TypeError), (2.0, TypeError), (True, TypeError),
-     ("3", TypeError), (None, TypeError), (np.float64(1), TypeError),
-     (torch.tensor(1.0), TypeError), (np.int64(-2), ValueError)],
+    [
+        (-1, ValueError),
+        (1.5, TypeError),
+        (2.0, TypeError),
+        (True, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+        (np.float64(1), TypeError),
+        (torch.tensor(1.0), TypeError),
+        (np.int64(-2), ValueError),
+    ],
 )
 def test_bad_step_is_rejected(logger, journal, step, error):
     """Negative, fractional, bool and non-numeric steps are rejected before any sink is called."""
@@ -200,14 +217,24 @@ def test_config_is_normalised_to_json_types(logger, journal, tmp_path):
     """Paths become str, tuples lists, numpy and torch scalars numbers, nested mappings dicts."""
     logger.log_config(
         types.MappingProxyType(
-            {"path": tmp_path, "tuple": (1, 2), "np": np.float32(0.5), "t": torch.tensor(3),
-             "nested": {"set": {2, 1}, "obj": object}, 7: "int key"}
+            {
+                "path": tmp_path,
+                "tuple": (1, 2),
+                "np": np.float32(0.5),
+                "t": torch.tensor(3),
+                "nested": {"set": {2, 1}, "obj": object},
+                7: "int key",
+            }
         )
     )
     config = journal[0][2]
     assert config == {
-        "path": str(tmp_path), "tuple": [1, 2], "np": 0.5, "t": 3,
-        "nested": {"set": [1, 2], "obj": str(object)}, "7": "int key",
+        "path": str(tmp_path),
+        "tuple": [1, 2],
+        "np": 0.5,
+        "t": 3,
+        "nested": {"set": [1, 2], "obj": str(object)},
+        "7": "int key",
     }
 
 
@@ -269,7 +296,9 @@ def test_broken_sink_warns_once_and_is_dropped(journal, fails_in):
 
 def test_sink_failing_in_close_is_reported_and_others_close(journal):
     """A close() that raises is warned about; every other sink is still closed."""
-    logger = CompositeLogger({"bad": Broken("bad", journal, "close"), "good": Recorder("good", journal)})
+    logger = CompositeLogger(
+        {"bad": Broken("bad", journal, "close"), "good": Recorder("good", journal)}
+    )
     with pytest.warns(SinkFailureWarning, match="'bad' raised in close"):
         logger.close()
     assert ("good", "close", "finished") in journal

@@ -30,8 +30,10 @@ def test_markers_use_the_project_name():
 
 def test_builtins_register_through_the_hook(plugin_manager):
     """json and tensorboard come from DEFAULT_PLUGINS via rl_training_log_sinks."""
-    names = {plugin_manager.get_name(impl.plugin)
-             for impl in plugin_manager.hook.rl_training_log_sinks.get_hookimpls()}
+    names = {
+        plugin_manager.get_name(impl.plugin)
+        for impl in plugin_manager.hook.rl_training_log_sinks.get_hookimpls()
+    }
     assert set(DEFAULT_PLUGINS) <= names
     sinks = available_sinks(plugin_manager)
     assert {"json", "tensorboard"} <= set(sinks)
@@ -55,7 +57,11 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(install_plugin):
     install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording", version="2.5")
     sinks = available_sinks()
     info = sinks["recording"]
-    assert (info.distribution, info.version, info.plugin) == ("rl-training-recording", "2.5", "recording")
+    assert (info.distribution, info.version, info.plugin) == (
+        "rl-training-recording",
+        "2.5",
+        "recording",
+    )
     assert "rl-training-recording 2.5" in info.provider
 
 
@@ -72,7 +78,9 @@ def test_broken_import_warns_and_the_rest_load(install_plugin):
     """A plugin that fails to import is named in a warning; every other sink still works."""
     install_plugin("rl-training-broken", "raise ImportError('needs libfoo')\n", entry_name="broken")
     install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
-    with pytest.warns(PluginLoadWarning, match=r"'broken = .*' from rl-training-broken 1.0.*needs libfoo"):
+    with pytest.warns(
+        PluginLoadWarning, match=r"'broken = .*' from rl-training-broken 1.0.*needs libfoo"
+    ):
         catalog = discover_sinks()
     assert {"json", "tensorboard", "recording"} <= set(catalog.sinks)
     (failure,) = catalog.failures
@@ -116,14 +124,19 @@ DUPLICATE_JSON = """
 def test_duplicate_name_warns_and_refuses_only_that_name(install_plugin, tiny_config):
     """Two providers of 'json': a warning naming both, a ValueError when asked for; others work."""
     install_plugin("rl-training-dup", DUPLICATE_JSON, entry_name="dup")
-    with pytest.warns(SinkNameConflictWarning, match=r"'json'.*rl-training .*and rl-training-dup 1.0"):
+    with pytest.warns(
+        SinkNameConflictWarning, match=r"'json'.*rl-training .*and rl-training-dup 1.0"
+    ):
         catalog = discover_sinks()
     assert "json" not in catalog.sinks
     assert {"tensorboard", "other"} <= set(catalog.sinks)
     assert [p.distribution for p in catalog.conflicts["json"]] == ["rl-training", "rl-training-dup"]
 
     config = tiny_config(log_sinks=("json",))
-    with pytest.warns(SinkNameConflictWarning), pytest.raises(ValueError, match=r"'json'.*rl-training-dup"):
+    with (
+        pytest.warns(SinkNameConflictWarning),
+        pytest.raises(ValueError, match=r"'json'.*rl-training-dup"),
+    ):
         create_training_run(config)
     assert not Path(config.output_dir).exists()
 
@@ -136,7 +149,9 @@ def test_two_third_party_plugins_clashing(install_plugin):
     """A clash between two third-party packages names both of them."""
     install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
     install_plugin("rl-training-recording2", RECORDING_PLUGIN, entry_name="recording2")
-    with pytest.warns(SinkNameConflictWarning, match="rl-training-recording 1.0.*rl-training-recording2 1.0"):
+    with pytest.warns(
+        SinkNameConflictWarning, match="rl-training-recording 1.0.*rl-training-recording2 1.0"
+    ):
         catalog = discover_sinks()
     with pytest.raises(ValueError, match="'recording'"):
         catalog.resolve(["recording"])

@@ -219,9 +219,10 @@ def test_failing_sink_factory_names_the_sink_and_leaves_nothing(tiny_config, ins
 def test_plugin_sink_receives_status_on_close(tiny_config, install_plugin):
     """A third-party sink from an entry point gets config, metrics and the closing status."""
     install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
-    with pytest.raises(KeyboardInterrupt), create_training_run(
-        tiny_config(log_sinks=("recording",))
-    ) as run:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        create_training_run(tiny_config(log_sinks=("recording",))) as run,
+    ):
         run.logger.log_metrics({"b": 2, "a": 1.5}, 4)
         raise KeyboardInterrupt
     lines = (run.run_dir / "recording.txt").read_text().splitlines()

@@ -49,7 +49,14 @@ def test_non_finite_values_are_strings(context):
     with pytest.raises(ValueError, match="NaN"):
         strict_json_loads('{"a": NaN}')
     (row,) = read_jsonl(context.metrics_path)
-    assert row == {"step": 0, "time": row["time"], "n": "NaN", "p": "Infinity", "m": "-Infinity", "ok": 1.5}
+    assert row == {
+        "step": 0,
+        "time": row["time"],
+        "n": "NaN",
+        "p": "Infinity",
+        "m": "-Infinity",
+        "ok": 1.5,
+    }
     assert "NaN," in text or '"NaN"' in text
 
 
@@ -71,7 +78,11 @@ def test_second_config_replaces_the_first_atomically(context):
     sink.log_config({"v": 2})
     sink.close()
     assert json.loads(context.config_path.read_text()) == {"v": 2}
-    assert sorted(p.name for p in context.run_dir.iterdir()) == ["config.json", "metrics.jsonl", "tensorboard"]
+    assert sorted(p.name for p in context.run_dir.iterdir()) == [
+        "config.json",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
 
 
 def test_log_after_close_raises(context):

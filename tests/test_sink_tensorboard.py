@@ -29,7 +29,9 @@ def test_one_event_per_call_holding_every_metric(context):
     for step in (0, 5):
         sink.log_metrics({f"g/m{i}": float(i + step) for i in range(10)}, step)
     sink.close()
-    scalar_events = [e for e in _records(context) if e.summary.value and e.summary.value[0].tag.startswith("g/")]
+    scalar_events = [
+        e for e in _records(context) if e.summary.value and e.summary.value[0].tag.startswith("g/")
+    ]
     assert [(e.step, len(e.summary.value)) for e in scalar_events] == [(0, 10), (5, 10)]
     scalars = read_scalars(context.tensorboard_dir)
     assert scalars["g/m3"] == [(0, 3.0), (5, 8.0)]
@@ -42,7 +44,11 @@ def test_non_finite_and_bool_values_are_floats(context):
     sink.close()
     scalars = read_scalars(context.tensorboard_dir)
     assert math.isnan(scalars["n"][0][1])
-    assert scalars["i"] == [(1, math.inf)] and scalars["b"] == [(1, 1.0)] and scalars["k"] == [(1, 7.0)]
+    assert (
+        scalars["i"] == [(1, math.inf)]
+        and scalars["b"] == [(1, 1.0)]
+        and scalars["k"] == [(1, 7.0)]
+    )
 
 
 def test_config_as_text_and_hparams_in_the_same_directory(context):
@@ -51,8 +57,15 @@ def test_config_as_text_and_hparams_in_the_same_directory(context):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     sink = TensorBoardSink(context)
-    sink.log_config({"algo": "ppo", "seed": 3, "hyperparams": {"n_steps": 32, "anneal_lr": True},
-                     "log_sinks": ["tensorboard"], "note": "a|b"})
+    sink.log_config(
+        {
+            "algo": "ppo",
+            "seed": 3,
+            "hyperparams": {"n_steps": 32, "anneal_lr": True},
+            "log_sinks": ["tensorboard"],
+            "note": "a|b",
+        }
+    )
     sink.log_metrics({"episode/return": 9.0}, 0)
     sink.close(status="interrupted")
     assert [p for p in context.tensorboard_dir.iterdir() if p.is_dir()] == []
@@ -65,7 +78,9 @@ def test_config_as_text_and_hparams_in_the_same_directory(context):
     assert "a\\|b" in table
 
     content = accumulator.PluginTagToContent(hp_metadata.PLUGIN_NAME)
-    start = hp_metadata.parse_session_start_info_plugin_data(content[hp_metadata.SESSION_START_INFO_TAG])
+    start = hp_metadata.parse_session_start_info_plugin_data(
+        content[hp_metadata.SESSION_START_INFO_TAG]
+    )
     assert start.hparams["algo"].string_value == "ppo"
     assert start.hparams["seed"].number_value == 3
     assert start.hparams["hyperparams.anneal_lr"].bool_value is True

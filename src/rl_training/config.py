@@ -52,9 +52,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
-            raise ValueError(
-                f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}"
-            )
+            raise ValueError(f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}")
         if not isinstance(self.env_id, str) or not self.env_id.strip():
             raise ValueError(
                 f"env_id: {self.env_id!r} is not a gymnasium environment id "
@@ -79,9 +77,7 @@ class TrainConfig:
             )
         # Built once here so that a bad key or value fails now, not mid-run.
         _hp.build(self.algo, self.hyperparams)
-        object.__setattr__(
-            self, "hyperparams", types.MappingProxyType(dict(self.hyperparams))
-        )
+        object.__setattr__(self, "hyperparams", types.MappingProxyType(dict(self.hyperparams)))
 
     def algo_hyperparams(self) -> Any:
         """The algorithm's hyperparameter dataclass with ``hyperparams`` applied."""

@@ -11,8 +11,8 @@ import dataclasses
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Any, TypeAlias, Union, get_args, get_origin, get_type_hints
 
 
 def _positive(name: str, value: float) -> None:
@@ -252,9 +252,9 @@ class TD3Hyperparams(_Common):
         _unit_interval("tau", self.tau)
 
 
-Hyperparams = Union[
-    PPOHyperparams, A2CHyperparams, DQNHyperparams, SACHyperparams, TD3Hyperparams
-]
+Hyperparams: TypeAlias = (
+    PPOHyperparams | A2CHyperparams | DQNHyperparams | SACHyperparams | TD3Hyperparams
+)
 """Any algorithm's hyperparameter dataclass."""
 
 HYPERPARAMS: Mapping[str, type[Any]] = types.MappingProxyType(
@@ -283,7 +283,9 @@ def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
                         "'auto_', e.g. 'auto_0.1'"
                     )
             return
-        accepted = "'auto', 'auto_<initial value>' or a number" if prefix_ok else "'auto' or a number"
+        accepted = (
+            "'auto', 'auto_<initial value>' or a number" if prefix_ok else "'auto' or a number"
+        )
         raise ValueError(f"hyperparams[{name!r}] must be {accepted}, got {value!r}")
     if name == "ent_coef":
         _positive(name, value)
@@ -315,9 +317,7 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
                 return coerce(name, value, option)
             except ValueError:
                 continue
-        raise ValueError(
-            f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}"
-        )
+        raise ValueError(f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}")
     if origin is tuple:
         if isinstance(value, (list, tuple)):
             (item_type, _ellipsis) = get_args(annotation)

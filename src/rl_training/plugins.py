@@ -209,12 +209,18 @@ def discover_sinks(pm: PluginManager | None = None) -> SinkCatalog:
         try:
             offers = impl.function()
             if not isinstance(offers, Mapping):
-                raise TypeError(f"rl_training_log_sinks() returned {type(offers).__name__}, not a mapping")
+                raise TypeError(
+                    f"rl_training_log_sinks() returned {type(offers).__name__}, not a mapping"
+                )
             for name, factory in offers.items():
                 if not isinstance(name, str) or not callable(factory):
-                    raise TypeError(f"sink {name!r} -> {factory!r} is not a name and a callable factory")
+                    raise TypeError(
+                        f"sink {name!r} -> {factory!r} is not a name and a callable factory"
+                    )
         except Exception as error:  # noqa: BLE001  # a broken plugin must not hide the rest
-            failure = PluginFailure(plugin_name, f"{dist_name} {version}", f"{type(error).__name__}: {error}")
+            failure = PluginFailure(
+                plugin_name, f"{dist_name} {version}", f"{type(error).__name__}: {error}"
+            )
             failures.append(failure)
             warnings.warn(
                 f"rl_training plugin {plugin_name!r} from {failure.distribution} raised in "
@@ -242,7 +248,9 @@ def discover_sinks(pm: PluginManager | None = None) -> SinkCatalog:
             SinkNameConflictWarning,
             stacklevel=2,
         )
-    return SinkCatalog(types.MappingProxyType(sinks), types.MappingProxyType(conflicts), tuple(failures))
+    return SinkCatalog(
+        types.MappingProxyType(sinks), types.MappingProxyType(conflicts), tuple(failures)
+    )
 
 
 def available_sinks(pm: PluginManager | None = None) -> Mapping[str, SinkInfo]:

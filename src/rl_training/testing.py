@@ -139,8 +139,15 @@ class SinkContract:
     def test_accepts_nested_json_config(self, sink: Sink) -> None:
         """A nested, JSON-shaped config is accepted."""
         sink.log_config(
-            {"algo": "ppo", "n": 1, "lr": 3e-4, "flag": False, "none": None,
-             "nested": {"list": [1, 2.5, "x"], "deeper": {"k": "v"}}, "empty": {}}
+            {
+                "algo": "ppo",
+                "n": 1,
+                "lr": 3e-4,
+                "flag": False,
+                "none": None,
+                "nested": {"list": [1, 2.5, "x"], "deeper": {"k": "v"}},
+                "empty": {},
+            }
         )
 
     def test_does_not_mutate_inputs(self, sink: Sink) -> None:

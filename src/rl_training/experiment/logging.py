@@ -30,7 +30,7 @@ ScalarLike: TypeAlias = Union[bool, int, float, "np.generic", "np.ndarray", "tor
 tensor (on any device). Strings, ``None``, complex numbers and several-element
 arrays are rejected with ``TypeError``."""
 
-Scalar: TypeAlias = Union[bool, int, float]
+Scalar: TypeAlias = bool | int | float
 """What sinks receive for each metric."""
 
 Metrics: TypeAlias = Mapping[str, ScalarLike]
@@ -147,9 +147,7 @@ class CompositeLogger:
             ValueError: ``status`` is not one of :data:`STATUSES`.
         """
         if status not in STATUSES:
-            raise ValueError(
-                f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}"
-            )
+            raise ValueError(f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}")
         if self._closed:
             return
         self._closed = True
@@ -228,7 +226,8 @@ def _accepts_status(sink: object) -> bool:
     except (TypeError, ValueError):  # builtins without a signature
         return False
     return any(
-        p.name == "status" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        p.name == "status"
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         or p.kind is p.VAR_KEYWORD
         for p in parameters
     )
@@ -244,14 +243,16 @@ def normalize_step(step: object) -> int:
         TypeError: not an integer (``bool`` and floats included).
         ValueError: negative.
     """
-    if isinstance(step, bool) or isinstance(step, np.bool_):
+    tensor_type = _tensor_type()
+    if isinstance(step, (bool, np.bool_)):
         raise TypeError(f"step must be a non-negative integer, got bool {step!r}")
     if isinstance(step, (int, np.integer)):
         value = int(step)
-    elif _is_tensor(step) and step.numel() == 1 and not step.dtype.is_floating_point and (
-        not step.dtype.is_complex and step.dtype != _torch().bool
-    ):
-        value = int(step.item())
+    elif tensor_type is not None and isinstance(step, tensor_type) and step.numel() == 1:
+        item = step.item()
+        if type(item) is not int:  # float, complex and bool tensors are not steps
+            raise TypeError(f"step must be a non-negative integer, got tensor {step!r}")
+        value = item
     else:
         raise TypeError(
             f"step must be a non-negative integer (Python, numpy or torch), got "
@@ -374,7 +375,7 @@ def _tensor_type() -> type[Any] | None:
     # Look torch up only if it is already imported: a program that never made a
     # tensor does not pay for importing torch here.
     torch = sys.modules.get("torch")
-    return None if torch is None else torch.Tensor  # type: ignore[no-any-return]
+    return None if torch is None else torch.Tensor
 
 
 def _is_tensor(value: object) -> bool:

@@ -197,7 +197,7 @@ def create_training_run(
                 ) from error
         logger = CompositeLogger(sinks, strict=strict)
         run = TrainingRun(context, logger)
-        logger.log_config(config)
+        logger.log_config(config.to_dict())
     except BaseException:
         for sink in sinks.values():
             try:

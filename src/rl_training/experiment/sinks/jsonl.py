@@ -54,7 +54,8 @@ class JsonlSink:
         self._metrics_path = run_context.metrics_path
         self._config_path = run_context.config_path
         self._fd: int | None = os.open(
-            self._metrics_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
+            self._metrics_path,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
             0o644,
         )
 

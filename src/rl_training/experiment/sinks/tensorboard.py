@@ -41,15 +41,13 @@ class TensorBoardSink:
         self._summary = Summary
         self._value = Summary.Value
         self._writer: Any = SummaryWriter(log_dir=str(run_context.tensorboard_dir))
-        self._file_writer = self._writer._get_file_writer()
+        self._file_writer = self._writer._get_file_writer()  # type: ignore[no-untyped-call]
         self._wrote_session = False
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Add the config as a Markdown table (Text tab) and as hparams (HParams tab)."""
         flat = flatten(config)
-        rows = "\n".join(
-            f"| {key} | {_markdown_cell(value)} |" for key, value in flat.items()
-        )
+        rows = "\n".join(f"| {key} | {_markdown_cell(value)} |" for key, value in flat.items())
         self._writer.add_text("config", "| key | value |\n|---|---|\n" + rows, global_step=0)
         if not self._wrote_session:  # the hparams plugin reads one session start per run
             self._file_writer.add_summary(_session_start(flat), 0)
@@ -104,7 +102,9 @@ def _plugin_summary(tag: str, **content: Any) -> Any:
     plugin_data = SummaryMetadata.PluginData(
         plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString()
     )
-    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin_data))])
+    return Summary(
+        value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin_data))]
+    )
 
 
 def _session_start(flat: Mapping[str, Any]) -> Any:
