@@ -323,3 +323,22 @@ def test_context_manager_closes_with_status(journal):
     with pytest.raises(KeyboardInterrupt), CompositeLogger({"b": Recorder("b", journal)}):
         raise KeyboardInterrupt
     assert journal == [("a", "close", "failed"), ("b", "close", "interrupted")]
+
+
+def test_device_tensors_are_gathered_in_one_host_copy():
+    """The accelerator path stacks a call's tensors and keeps each one's Python type."""
+    from rl_training.experiment.logging import _gather_to_host
+
+    out = {"first": None, "b": None, "i": None, "f": None, "v": None}
+    items = [
+        ("b", torch.tensor(True)),
+        ("i", torch.tensor(2**40)),
+        ("f", torch.tensor([0.5])),
+        ("v", torch.tensor(3.0, requires_grad=True)),
+    ]
+    _gather_to_host(items, out)
+    assert out == {"first": None, "b": True, "i": 2**40, "f": 0.5, "v": 3.0}
+    assert [type(out[k]) for k in ("b", "i", "f", "v")] == [bool, int, float, float]
+    same = {"x": None, "y": None}
+    _gather_to_host([("x", torch.tensor(1.5)), ("y", torch.tensor(-2.0))], same)
+    assert same == {"x": 1.5, "y": -2.0}
