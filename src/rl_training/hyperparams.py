@@ -100,7 +100,9 @@ class A2CHyperparams(_Common):
     num_envs: int = 8
     """Number of parallel environments."""
     learning_rate: float = 7e-4
-    """RMSprop step size."""
+    """RMSprop step size (annealed linearly to 0 when ``anneal_lr``)."""
+    anneal_lr: bool = False
+    """Linearly decay the learning rate to 0 over ``total_timesteps``."""
     n_steps: int = 5
     """Steps collected per environment between updates (the n of n-step returns)."""
     gae_lambda: float = 1.0
@@ -115,10 +117,12 @@ class A2CHyperparams(_Common):
     """Normalise advantages per update."""
     rms_prop_eps: float = 1e-5
     """RMSprop epsilon (SB3's default, after the original A2C)."""
+    log_interval: int = 100
+    """Updates between rows of ``loss/``, ``train/`` and ``time/sps`` (and after the last)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_steps", "max_grad_norm", "rms_prop_eps"):
+        for name in ("n_steps", "max_grad_norm", "rms_prop_eps", "log_interval"):
             _positive(name, getattr(self, name))
         for name in ("ent_coef", "vf_coef"):
             _non_negative(name, getattr(self, name))
