@@ -100,3 +100,15 @@ RECORDING_PLUGIN = """
         return {"recording": RecordingSink}
 """
 """A plugin module offering a ``recording`` sink that writes what it gets to a file."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``gpu`` unless torch sees a CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
