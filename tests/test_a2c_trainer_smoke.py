@@ -17,7 +17,7 @@ A2C_KEYS = {
 
 
 def test_a2c_discrete_logs_every_metric_to_both_sinks(tmp_path):
-    """A tiny CartPole run logs episodes, losses and sps every log_interval updates and at the end."""
+    """A tiny CartPole run logs losses and sps every log_interval updates and after the last."""
     result = tiny_run(tmp_path, "a2c", "CartPole-v1", 240, **A2C_TINY)
     assert result.steps == 240
     rows = check_logged(result, A2C_KEYS)

@@ -130,8 +130,36 @@ class A2CHyperparams(_Common):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DQNHyperparams(_Common):
-    """Deep Q-Network (Mnih et al. 2015, doi:10.1038/nature14236)."""
+class _OffPolicy(_Common):
+    """Fields the replay-buffer algorithms (DQN, SAC, TD3) share."""
+
+    buffer_size: int = 1_000_000
+    """Replay buffer capacity (transitions)."""
+    learning_starts: int = 100
+    """Environment steps of random actions before the first gradient step."""
+    batch_size: int = 256
+    """Minibatch size."""
+    train_freq: int = 1
+    """Vector-environment steps between training phases."""
+    gradient_steps: int = 1
+    """Gradient steps per training phase."""
+    tau: float = 0.005
+    """Polyak averaging coefficient of the target networks (1.0 = hard copy)."""
+    log_interval: int = 1_000
+    """Environment steps between rows of ``loss/``, ``train/`` and ``time/sps`` (and at the end)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("buffer_size", "batch_size", "train_freq", "log_interval"):
+            _positive(name, getattr(self, name))
+        for name in ("learning_starts", "gradient_steps"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("tau", self.tau)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DQNHyperparams(_OffPolicy):
+    """Deep Q-Network (Mnih et al. 2015, doi:10.1038/nature14236); defaults: rl-zoo CartPole."""
 
     learning_rate: float = 2.3e-3
     """Adam step size."""
@@ -144,13 +172,13 @@ class DQNHyperparams(_Common):
     batch_size: int = 64
     """Minibatch size."""
     train_freq: int = 256
-    """Environment steps (per environment) between training phases."""
+    """Vector-environment steps between training phases."""
     gradient_steps: int = 128
     """Gradient steps per training phase."""
-    target_update_interval: int = 10
-    """Environment steps between hard target-network updates."""
     tau: float = 1.0
     """Target update coefficient (1.0 = hard copy)."""
+    target_update_interval: int = 10
+    """Environment steps between target-network updates."""
     exploration_fraction: float = 0.16
     """Fraction of training over which epsilon decays."""
     exploration_initial_eps: float = 1.0
@@ -162,98 +190,53 @@ class DQNHyperparams(_Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("buffer_size", "batch_size", "train_freq", "target_update_interval"):
-            _positive(name, getattr(self, name))
-        for name in ("learning_starts", "gradient_steps"):
-            _non_negative(name, getattr(self, name))
-        for name in (
-            "tau",
-            "exploration_fraction",
-            "exploration_initial_eps",
-            "exploration_final_eps",
-        ):
+        _positive("target_update_interval", self.target_update_interval)
+        for name in ("exploration_fraction", "exploration_initial_eps", "exploration_final_eps"):
             _unit_interval(name, getattr(self, name))
         _positive("max_grad_norm", self.max_grad_norm)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SACHyperparams(_Common):
+class SACHyperparams(_OffPolicy):
     """Soft Actor-Critic (Haarnoja et al. 2018, arXiv:1812.05905)."""
 
     learning_rate: float = 1e-3
     """Adam step size of actor, critics and temperature."""
     net_arch: tuple[int, ...] = (256, 256)
     """Hidden layer sizes of actor and critics."""
-    buffer_size: int = 1_000_000
-    """Replay buffer capacity (transitions)."""
-    learning_starts: int = 100
-    """Environment steps of uniform random actions before learning."""
-    batch_size: int = 256
-    """Minibatch size."""
-    train_freq: int = 1
-    """Environment steps (per environment) between training phases."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase."""
-    tau: float = 0.005
-    """Polyak averaging coefficient of the target critics."""
     ent_coef: str | float = "auto"
-    """Entropy temperature alpha: a float, or ``"auto"`` / ``"auto_<init>"`` to learn it."""
+    """Entropy temperature alpha: a number, or ``"auto"`` / ``"auto_<initial>"`` to learn it."""
     target_entropy: str | float = "auto"
     """Target entropy of automatic tuning; ``"auto"`` is ``-dim(action space)``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("buffer_size", "batch_size", "train_freq"):
-            _positive(name, getattr(self, name))
-        for name in ("learning_starts", "gradient_steps"):
-            _non_negative(name, getattr(self, name))
-        _unit_interval("tau", self.tau)
         _check_auto("ent_coef", self.ent_coef, prefix_ok=True)
         _check_auto("target_entropy", self.target_entropy, prefix_ok=False)
 
 
 @dataclass(frozen=True, kw_only=True)
-class TD3Hyperparams(_Common):
+class TD3Hyperparams(_OffPolicy):
     """Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477)."""
 
     learning_rate: float = 1e-3
     """Adam step size of actor and critics."""
     net_arch: tuple[int, ...] = (400, 300)
     """Hidden layer sizes of actor and critics."""
-    buffer_size: int = 1_000_000
-    """Replay buffer capacity (transitions)."""
-    learning_starts: int = 100
-    """Environment steps of uniform random actions before learning."""
-    batch_size: int = 256
-    """Minibatch size."""
-    train_freq: int = 1
-    """Environment steps (per environment) between training phases."""
-    gradient_steps: int = 1
-    """Gradient steps per training phase."""
-    tau: float = 0.005
-    """Polyak averaging coefficient of the target networks."""
     policy_delay: int = 2
     """Critic updates per actor (and target) update."""
     action_noise: float = 0.1
-    """Std of the Gaussian exploration noise, as a fraction of the action range."""
+    """Std of the Gaussian exploration noise, in the action range scaled to [-1, 1]."""
     target_policy_noise: float = 0.2
-    """Std of the target policy smoothing noise (fraction of the action range)."""
+    """Std of the target policy smoothing noise (scaled action range)."""
     target_noise_clip: float = 0.5
-    """Clip of the target policy smoothing noise (fraction of the action range)."""
+    """Clip of the target policy smoothing noise (scaled action range)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("buffer_size", "batch_size", "train_freq", "policy_delay"):
-            _positive(name, getattr(self, name))
-        for name in (
-            "learning_starts",
-            "gradient_steps",
-            "action_noise",
-            "target_policy_noise",
-            "target_noise_clip",
-        ):
+        _positive("policy_delay", self.policy_delay)
+        for name in ("action_noise", "target_policy_noise", "target_noise_clip"):
             _non_negative(name, getattr(self, name))
-        _unit_interval("tau", self.tau)
 
 
 Hyperparams: TypeAlias = (

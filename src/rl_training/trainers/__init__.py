@@ -44,6 +44,9 @@ from rl_training.trainers.common import (
 TRAINERS: dict[str, str] = {
     "ppo": "rl_training.trainers.ppo",
     "a2c": "rl_training.trainers.a2c",
+    "dqn": "rl_training.trainers.dqn",
+    "sac": "rl_training.trainers.sac",
+    "td3": "rl_training.trainers.td3",
 }
 """Algorithm name -> module implementing it (imported on first use)."""
 
@@ -84,7 +87,10 @@ class Learned:
 
 
 class Algorithm(Protocol):
-    """The two functions an algorithm module provides."""
+    """What an algorithm module provides."""
+
+    CPU_THREADS: int | None
+    """Intra-op threads while training on the CPU (``None``: leave torch's setting)."""
 
     def learn(self, session: Session) -> Learned: ...
 
@@ -151,7 +157,7 @@ def train(
     with create_training_run(config, run_suffix, strict=strict) as run:
         envs = make_vec_env(config.env_id, hp.num_envs, config.seed)
         try:
-            with _cpu_threads(device):
+            with _cpu_threads(device, learner.CPU_THREADS):
                 session = Session(
                     config=config,
                     hp=hp,
@@ -183,18 +189,18 @@ def train(
 
 
 @contextlib.contextmanager
-def _cpu_threads(device: torch.device) -> Iterator[None]:
-    """One intra-op thread while training small networks on the CPU.
+def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads while training on the CPU, then restore.
 
-    With layers of a few dozen units, splitting each matmul across threads costs
-    more in hand-offs than it saves (measured in benchmarks/bench_speed.py); the
-    caller's setting is restored afterwards.
+    The on-policy trainers ask for one: with layers of 64 units, splitting each
+    matmul across threads costs more in hand-offs than it saves (measured with
+    benchmarks/bench_speed.py). The 256-unit off-policy networks keep torch's default.
     """
-    if device.type != "cpu":
+    if device.type != "cpu" or threads is None:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:

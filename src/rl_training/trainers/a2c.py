@@ -30,6 +30,9 @@ from rl_training.trainers.common import (
     rollout_lengths,
 )
 
+CPU_THREADS: int | None = 1
+"""Intra-op threads on the CPU (small networks: one thread is fastest)."""
+
 
 def learn(session: Session) -> Learned:
     """Train A2C in ``session`` for ``config.total_timesteps`` environment steps."""

@@ -6,6 +6,8 @@ come from the environments as numpy arrays and stay on the host until one copy.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -82,3 +84,88 @@ class RolloutBuffer:
             advantages[t] = running
         adv = torch.from_numpy(advantages).to(self.device, non_blocking=True)
         return adv, adv + self.values[:length]
+
+
+class ReplayBatch(NamedTuple):
+    """A sampled minibatch (all on the buffer's device)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_obs: torch.Tensor
+    terminations: torch.Tensor
+    """1.0 where the episode really ended: no bootstrapping from ``next_obs``."""
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions on the training device, sampled uniformly.
+
+    Terminations and truncations are kept apart: only a termination stops
+    bootstrapping, while a truncated transition (a time limit) keeps its real
+    ``next_obs`` (gymnasium's ``final_obs``) and is bootstrapped from it.
+
+    Args:
+        capacity: Transitions kept (the oldest are overwritten).
+        obs_size: Flat observation size.
+        action_shape: Shape of one action (``()`` for Discrete).
+        discrete: Store actions as ``long`` (else ``float32``).
+        device: Where everything lives.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_size: int,
+        action_shape: tuple[int, ...],
+        discrete: bool,
+        device: torch.device,
+    ) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.obs = torch.zeros((capacity, obs_size), device=device)
+        self.next_obs = torch.zeros((capacity, obs_size), device=device)
+        action_dtype = torch.long if discrete else torch.float32
+        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
+        # reward, terminated, truncated side by side: one host-to-device copy per add
+        self.scalars = torch.zeros((capacity, 3), device=device)
+        self.pos = 0
+        """Next row to write."""
+        self.size = 0
+        """Rows filled."""
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Append one vector step (one row per environment)."""
+        n = obs.shape[0]
+        scalars = torch.from_numpy(
+            np.stack([rewards, terminated, truncated], axis=1).astype(np.float32, copy=False)
+        ).to(self.device, non_blocking=True)
+        if self.pos + n <= self.capacity:
+            rows: slice | torch.Tensor = slice(self.pos, self.pos + n)
+        else:  # wraps around the end
+            rows = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
+        self.obs[rows] = obs
+        self.next_obs[rows] = next_obs
+        self.actions[rows] = actions
+        self.scalars[rows] = scalars
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBatch:
+        """``batch_size`` transitions drawn uniformly with replacement, gathered in one pass."""
+        idx = torch.randint(0, self.size, (batch_size,), generator=generator, device=self.device)
+        scalars = self.scalars[idx]
+        return ReplayBatch(
+            obs=self.obs[idx],
+            actions=self.actions[idx],
+            rewards=scalars[:, 0],
+            next_obs=self.next_obs[idx],
+            terminations=scalars[:, 1],
+        )

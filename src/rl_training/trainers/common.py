@@ -102,6 +102,43 @@ class SpsTimer:
         return time.perf_counter() - self._start
 
 
+class EnvStepper:
+    """Steps the session's environments for an off-policy trainer.
+
+    Keeps the current observation as a tensor, counts environment steps, logs
+    finished episodes, and hands back the real next observation of every
+    transition: with same-step autoreset, a finished episode's last observation is
+    in ``info["final_obs"]`` and the returned one already starts the next episode.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self._envs = session.envs
+        self._device = session.device
+        self._space = session.envs.single_observation_space
+        self._episodes: EpisodeTracker = session.episodes
+        raw, _ = self._envs.reset(seed=session.config.seed)
+        self.obs = obs_to_tensor(raw, self._space, self._device)
+        """The current observations, ``(num_envs, obs_size)`` on the device."""
+        self.steps = 0
+        """Environment steps so far, summed over environments."""
+
+    def step(self, actions: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every env; return ``(real next obs, reward, terminated, truncated)``."""
+        raw, reward, terminated, truncated, infos = self._envs.step(actions)
+        self.steps += len(reward)
+        done = terminated | truncated
+        self._episodes.update(reward, done, self.steps)
+        if done.any():
+            real_next = np.array(raw, copy=True)
+            for i in np.flatnonzero(done):
+                real_next[i] = infos["final_obs"][i]
+            next_obs = obs_to_tensor(real_next, self._space, self._device)
+            self.obs = obs_to_tensor(raw, self._space, self._device)
+        else:
+            next_obs = self.obs = obs_to_tensor(raw, self._space, self._device)
+        return next_obs, reward, terminated, truncated
+
+
 def rollout_lengths(total_timesteps: int, num_envs: int, n_steps: int) -> Iterator[int]:
     """Per-env lengths of successive rollouts: ``n_steps`` each, the last cut short so the
     run stops within ``num_envs - 1`` steps of ``total_timesteps``."""
@@ -172,36 +209,107 @@ def mlp(
     return MLP(in_dim, hidden, out_dim, activation=activation, out_gain=out_gain)
 
 
+class EnsembleMLP(nn.Module):
+    """``n`` independent MLPs on one input, run together with batched matmuls.
+
+    The twin critics of SAC and TD3: one ``baddbmm`` per layer for both instead of
+    one ``linear`` each, which halves the kernel launches and lets a matmul use
+    both cores. Each member is initialised like ``nn.Linear`` (uniform in
+    ``+-1/sqrt(fan_in)``) and has its own weights.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        *,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+    ) -> None:
+        super().__init__()
+        widths = [in_dim, *hidden, out_dim]
+        self.n = n
+        #: Per layer: weights ``(n, in, out)`` and biases ``(n, 1, out)``.
+        self.weights = [
+            nn.Parameter(torch.empty(n, a, b)) for a, b in zip(widths, widths[1:], strict=False)
+        ]
+        self.biases = [nn.Parameter(torch.empty(n, 1, b)) for b in widths[1:]]
+        self._params = nn.ParameterList([*self.weights, *self.biases])
+        for w, b in zip(self.weights, self.biases, strict=True):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
+        """Every member's output, shape ``(n, batch, out)``.
+
+        ``detach=True`` uses the weights without tracking them, for a loss that must
+        move only the input (the actor's loss through the critics).
+        """
+        h = x.unsqueeze(0).expand(self.n, *x.shape)
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            w, b = (weight.detach(), bias.detach()) if detach else (weight, bias)
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = self.activation(h)
+        return h
+
+    def member(self, x: torch.Tensor, index: int, *, detach: bool = False) -> torch.Tensor:
+        """Member ``index`` alone, ``(batch, out)``: no work spent on the others."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            w_i, b_i = w[index], b[index, 0]
+            if detach:
+                w_i, b_i = w_i.detach(), b_i.detach()
+            x = torch.addmm(b_i, x, w_i)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+
+def flatten_parameters(modules: Sequence[nn.Module], *, with_grad: bool = True) -> nn.Parameter:
+    """Move every parameter of ``modules`` into one contiguous tensor; return it.
+
+    Each parameter's ``.data`` (and, ``with_grad``, its ``.grad``) becomes a view into
+    the flat tensor (the layout of DDP's ``gradient_as_bucket_view``), so zeroing,
+    clipping, an optimizer step or a Polyak update is one operation for the whole
+    network instead of one per parameter tensor. Autograd accumulates into the
+    existing ``.grad`` views: zero them in place, never set them to ``None``.
+
+    Call it after the modules are on their device: moving them would break the views.
+    """
+    params = [p for module in modules for p in module.parameters()]
+    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    if with_grad:
+        flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat.data[offset : offset + n].view_as(p)
+        if with_grad:
+            assert flat.grad is not None
+            p.grad = flat.grad[offset : offset + n].view_as(p)
+        offset += n
+    return flat
+
+
 class FlatOptimizer:
-    """An optimizer over one contiguous buffer holding all of some modules' parameters.
-
-    Every parameter's ``.data`` and ``.grad`` become views into one flat tensor each
-    (the layout DDP's ``gradient_as_bucket_view`` uses), so zeroing, gradient-norm
-    clipping and the Adam/RMSprop step are one operation each instead of one per
-    parameter tensor. Autograd accumulates into the existing ``.grad`` views, so
-    gradients must be zeroed with :meth:`zero_grad`, never set to ``None``.
-
-    Build it after the modules are on their device: moving them would break the views.
+    """An optimizer over :func:`flatten_parameters` of some modules.
 
     Args:
-        modules: Whose parameters to own.
-        optimizer: ``torch.optim`` class, e.g. ``torch.optim.Adam``.
+        modules: Whose parameters it owns.
+        optimizer: ``torch.optim`` class, e.g. ``torch.optim.Adam`` (fused where available).
         **kwargs: The optimizer's arguments (``lr``, ``eps``...).
     """
 
     def __init__(
         self, modules: Sequence[nn.Module], optimizer: type[torch.optim.Optimizer], **kwargs: Any
     ) -> None:
-        params = [p for module in modules for p in module.parameters()]
-        flat = torch.cat([p.detach().reshape(-1) for p in params])
-        self.param = nn.Parameter(flat)
-        self.param.grad = torch.zeros_like(flat)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.data = self.param.data[offset : offset + n].view_as(p)
-            p.grad = self.param.grad[offset : offset + n].view_as(p)
-            offset += n
+        self.param = flatten_parameters(modules)
+        """All the parameters, flat; ``.grad`` is the flat gradient."""
         if optimizer is torch.optim.Adam and self.param.device.type in ("cpu", "cuda"):
             kwargs.setdefault("fused", True)
         self.optimizer = optimizer([self.param], **kwargs)
@@ -211,22 +319,45 @@ class FlatOptimizer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def step(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> torch.Tensor | None:
-        """Zero the gradients, backpropagate ``loss``, clip the global norm, step.
-
-        Returns:
-            The gradient norm before clipping, when clipping (a device tensor: no sync).
-        """
+    def step(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
+        """Zero the gradients, backpropagate ``loss``, clip the global norm, step."""
         grad = self.param.grad
-        assert grad is not None  # set in __init__ and never released
+        assert grad is not None  # set by flatten_parameters and never released
         grad.zero_()
         loss.backward()  # type: ignore[no-untyped-call]
-        norm = None
         if max_grad_norm is not None:
             norm = torch.linalg.vector_norm(grad)
             grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
         self.optimizer.step()
-        return norm
+
+
+def box_space(space: gym.Space[Any]) -> gym.spaces.Box:
+    """``space`` as a Box (the continuous-action trainers' only kind).
+
+    Raises:
+        ValueError: it is not a Box.
+    """
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"action space {space} is not a Box")
+    return space
+
+
+def discrete_space(space: gym.Space[Any]) -> gym.spaces.Discrete:
+    """``space`` as a Discrete space (DQN's only kind).
+
+    Raises:
+        ValueError: it is not Discrete.
+    """
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ValueError(f"action space {space} is not Discrete")
+    return space
+
+
+def scale_action(action: torch.Tensor, space: gym.spaces.Box) -> np.ndarray:
+    """Actions in ``[-1, 1]`` (how SAC and TD3 learn them) mapped onto the Box bounds."""
+    unit: np.ndarray = action.cpu().numpy()
+    scaled: np.ndarray = space.low + 0.5 * (unit + 1.0) * (space.high - space.low)
+    return scaled
 
 
 def obs_dim(space: gym.Space[Any]) -> int:
@@ -264,15 +395,16 @@ def linear_schedule(start: float, end: float, fraction: float) -> float:
     return start + (end - start) * min(max(fraction, 0.0), 1.0)
 
 
-def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """Polyak averaging ``target <- tau * source + (1 - tau) * target`` in one fused op."""
+def soft_update(target: torch.Tensor, source: torch.Tensor, tau: float) -> None:
+    """Polyak averaging ``target <- tau * source + (1 - tau) * target`` of flat parameters.
+
+    Both are :func:`flatten_parameters` results, so the whole network is one op.
+    """
     with torch.no_grad():
-        target_params: list[torch.Tensor] = list(target.parameters())
-        source_params: list[torch.Tensor] = list(source.parameters())
         if tau == 1.0:
-            torch._foreach_copy_(target_params, source_params)
+            target.copy_(source)
         else:
-            torch._foreach_lerp_(target_params, source_params, tau)
+            target.lerp_(source, tau)
 
 
 # -- model file --------------------------------------------------------------------------

@@ -32,6 +32,9 @@ from rl_training.trainers.common import (
     rollout_lengths,
 )
 
+CPU_THREADS: int | None = 1
+"""Intra-op threads on the CPU (small networks: one thread is fastest)."""
+
 
 def learn(session: Session) -> Learned:
     """Train PPO in ``session`` for ``config.total_timesteps`` environment steps."""

@@ -1,0 +1,208 @@
+"""SAC: Soft Actor-Critic with automatic entropy tuning (Haarnoja et al. 2018).
+
+Papers: https://arxiv.org/abs/1801.01290 and https://arxiv.org/abs/1812.05905
+(learned temperature). As in Stable-Baselines3: twin Q-networks with Polyak-averaged
+targets, a tanh-squashed Gaussian policy, ``alpha`` learned towards a target entropy
+of ``-dim(A)``, uniform random actions for the first ``learning_starts`` steps.
+Actions are stored and learned in ``[-1, 1]`` and rescaled to the env's bounds.
+Deliberate implementation choices: the twin critics run as one batched
+:class:`EnsembleMLP`, and the actor's loss goes through detached critic weights so
+no critic gradients are computed for it.
+
+Glossary: ``q`` Q-values ``(2, batch)``, ``logp`` log pi(a|s), ``alpha`` entropy
+temperature, ``u`` the pre-tanh action.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rl_training.hyperparams import SACHyperparams
+from rl_training.trainers import Learned, Policy, Session
+from rl_training.trainers.buffers import ReplayBuffer
+from rl_training.trainers.common import (
+    EnsembleMLP,
+    EnvStepper,
+    FlatOptimizer,
+    SavedModel,
+    box_space,
+    flatten_parameters,
+    mlp,
+    obs_dim,
+    obs_to_tensor,
+    scale_action,
+    soft_update,
+)
+
+CPU_THREADS: int | None = None
+"""Intra-op threads on the CPU (None: torch default; 256-unit layers gain from both cores)."""
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+"""Clamp of the policy's log standard deviation (SB3, and the authors' code)."""
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class SquashedGaussianActor(nn.Module):
+    """pi(a|s): a Gaussian over ``u``, squashed by ``tanh`` into ``[-1, 1]``."""
+
+    def __init__(self, obs_size: int, action_size: int, net_arch: tuple[int, ...]) -> None:
+        super().__init__()
+        self.action_size = action_size
+        # One head of 2 x action_size = SB3's separate mean and log_std heads.
+        self.net = mlp(obs_size, net_arch, 2 * action_size, activation=torch.relu, out_gain=None)
+
+    def forward(
+        self, obs: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``(action in [-1, 1], log_prob)``; without a generator, the mean action."""
+        out: torch.Tensor = self.net(obs)
+        mean, log_std = out[..., : self.action_size], out[..., self.action_size :]
+        if generator is None:
+            return torch.tanh(mean), torch.zeros(mean.shape[0], device=mean.device)
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        u = mean + noise * log_std.exp()
+        action = torch.tanh(u)
+        # log N(u; mean, std) minus the tanh change of variables (SAC paper, eq. 26)
+        log_prob = (-0.5 * noise.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+        log_prob = log_prob - torch.log1p(-action.square() + 1e-6).sum(-1)
+        return action, log_prob
+
+
+class TwinCritic(nn.Module):
+    """Q1(s, a), Q2(s, a) as one :class:`EnsembleMLP` of two members."""
+
+    def __init__(self, obs_size: int, action_size: int, net_arch: tuple[int, ...]) -> None:
+        super().__init__()
+        self.q = EnsembleMLP(2, obs_size + action_size, net_arch, 1)
+
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False
+    ) -> torch.Tensor:
+        """``(2, batch)`` Q-values."""
+        q: torch.Tensor = self.q(torch.cat([obs, action], dim=-1), detach=detach)
+        return q.squeeze(-1)
+
+    def q1(self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
+        """Q1 alone, ``(batch,)`` (TD3's actor loss needs only it)."""
+        return self.q.member(torch.cat([obs, action], dim=-1), 0, detach=detach).squeeze(-1)
+
+
+def learn(session: Session) -> Learned:
+    """Train SAC in ``session`` for ``config.total_timesteps`` environment steps."""
+    hp: SACHyperparams = session.hp
+    envs, device, g = session.envs, session.device, session.generator
+    obs_space, act_space = envs.single_observation_space, box_space(envs.single_action_space)
+    obs_size, act_size = obs_dim(obs_space), int(np.prod(act_space.shape))
+
+    actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
+    critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
+    critic_target = copy.deepcopy(critic)
+    actor_opt = FlatOptimizer([actor], torch.optim.Adam, lr=hp.learning_rate)
+    critic_opt = FlatOptimizer([critic], torch.optim.Adam, lr=hp.learning_rate)
+    target_params = flatten_parameters([critic_target], with_grad=False)
+
+    # Entropy temperature: learned as log(alpha) unless ent_coef is a number.
+    if isinstance(hp.ent_coef, str):  # "auto" (alpha starts at 1) or "auto_<initial>"
+        learn_alpha = True
+        alpha_init = float(hp.ent_coef[5:]) if hp.ent_coef.startswith("auto_") else 1.0
+    else:
+        learn_alpha, alpha_init = False, float(hp.ent_coef)
+    log_alpha = torch.tensor(math.log(alpha_init), device=device, requires_grad=learn_alpha)
+    alpha_opt = torch.optim.Adam([log_alpha], lr=hp.learning_rate) if learn_alpha else None
+    target_entropy = -float(act_size) if hp.target_entropy == "auto" else float(hp.target_entropy)
+
+    buffer = ReplayBuffer(hp.buffer_size, obs_size, (act_size,), False, device)
+    stepper = EnvStepper(session)
+    total = session.config.total_timesteps
+    n_updates = 0
+    losses: dict[str, torch.Tensor] = {}
+    iteration = 0
+    next_log = hp.log_interval
+
+    while stepper.steps < total:
+        iteration += 1
+        # Collect: uniform random actions until learning_starts, then the policy
+        obs = stepper.obs
+        if stepper.steps < hp.learning_starts:
+            action = torch.rand((hp.num_envs, act_size), generator=g, device=device) * 2 - 1
+        else:
+            with torch.no_grad():
+                action, _ = actor(obs, g)
+        next_obs, reward, terminated, truncated = stepper.step(scale_action(action, act_space))
+        buffer.add(obs, next_obs, action, reward, terminated, truncated)
+
+        # Optimise
+        if stepper.steps >= hp.learning_starts and iteration % hp.train_freq == 0:
+            for _ in range(hp.gradient_steps):
+                batch = buffer.sample(hp.batch_size, g)
+                alpha = log_alpha.detach().exp()
+
+                # Temperature (SAC v2, eq. 18), from the current policy's log-probs
+                pi_action, logp = actor(batch.obs, g)
+                if alpha_opt is not None:
+                    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
+                    alpha_opt.zero_grad(set_to_none=True)
+                    alpha_loss.backward()
+                    alpha_opt.step()
+                    losses["loss/alpha"] = alpha_loss.detach()
+
+                # Critics: soft Bellman target from the target twins (eq. 3, 5)
+                with torch.no_grad():
+                    next_action, next_logp = actor(batch.next_obs, g)
+                    next_q = critic_target(batch.next_obs, next_action).min(0).values
+                    target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * (
+                        next_q - alpha * next_logp
+                    )
+                q = critic(batch.obs, batch.actions)
+                critic_loss = 0.5 * (q - target_q).square().mean(1).sum()
+                critic_opt.step(critic_loss)
+
+                # Actor (eq. 7): through the just-updated critics, their weights detached
+                q_pi = critic(batch.obs, pi_action, detach=True).min(0).values
+                actor_loss = (alpha * logp - q_pi).mean()
+                actor_opt.step(actor_loss)
+
+                soft_update(target_params, critic_opt.param, hp.tau)
+                n_updates += 1
+            losses.update({"loss/q": critic_loss.detach(), "loss/actor": actor_loss.detach()})
+
+        # Log (tensors: one host copy per row)
+        if stepper.steps >= next_log or stepper.steps >= total:
+            next_log += hp.log_interval
+            metrics: dict[str, Any] = {"time/sps": session.timer.sps(stepper.steps)}
+            if n_updates:
+                metrics.update(losses)
+                metrics["train/alpha"] = log_alpha.detach().exp()
+                metrics["train/n_updates"] = n_updates
+            session.logger.log_metrics(metrics, stepper.steps)
+
+    return Learned(modules={"actor": actor, "critic": critic}, steps=stepper.steps)
+
+
+def load_policy(
+    saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+) -> Policy:
+    """Rebuild the trained actor for evaluation (deterministic: the tanh of the mean)."""
+    box = box_space(action_space)
+    act_size = int(np.prod(box.shape))
+    actor = SquashedGaussianActor(
+        obs_dim(observation_space), act_size, tuple(saved.hyperparams["net_arch"])
+    )
+    actor.load_state_dict(saved.state_dicts["actor"])
+    actor.eval()
+
+    def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+        obs_t = obs_to_tensor(obs, observation_space, torch.device("cpu"))
+        action, _ = actor(obs_t, None if deterministic else generator)
+        return scale_action(action, box)
+
+    return policy
