@@ -342,3 +342,23 @@ def test_device_tensors_are_gathered_in_one_host_copy():
     same = {"x": None, "y": None}
     _gather_to_host([("x", torch.tensor(1.5)), ("y", torch.tensor(-2.0))], same)
     assert same == {"x": 1.5, "y": -2.0}
+
+
+def test_interrupt_raised_mid_fan_out_waits_for_every_sink(journal):
+    """raise_interrupt() inside a fan-out is held until the last sink has the row."""
+    from rl_training.experiment.logging import raise_interrupt
+
+    class Interrupting(Recorder):
+        def log_metrics(self, metrics, step):
+            super().log_metrics(metrics, step)
+            if step == 7:
+                raise_interrupt(KeyboardInterrupt())  # as a signal handler would, mid-call
+
+    logger = CompositeLogger({"a": Interrupting("a", journal), "b": Recorder("b", journal)})
+    with pytest.raises(KeyboardInterrupt):
+        logger.log_metrics({"m": 1.0}, 7)
+    assert [entry[0] for entry in journal] == ["a", "b"]
+    logger.log_metrics({"m": 2.0}, 8)  # nothing left pending
+    assert [entry[3] for entry in journal] == [7, 7, 8, 8]
+    with pytest.raises(KeyboardInterrupt):
+        raise_interrupt(KeyboardInterrupt())  # outside a fan-out: raised at once

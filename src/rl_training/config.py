@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_training import hyperparams as _hp
+from rl_training.errors import ConfigError
 
 ALGOS: tuple[str, ...] = tuple(_hp.HYPERPARAMS)
 """The algorithms ``TrainConfig.algo`` accepts."""
@@ -52,25 +53,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
-            raise ValueError(f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}")
+            raise ConfigError(f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}")
         if not isinstance(self.env_id, str) or not self.env_id.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"env_id: {self.env_id!r} is not a gymnasium environment id "
                 "(a non-empty string such as 'CartPole-v1')"
             )
         _require_int("seed", self.seed, minimum=0)
         _require_int("total_timesteps", self.total_timesteps, minimum=1)
         if not isinstance(self.output_dir, (str, Path)) or str(self.output_dir) == "":
-            raise ValueError(
+            raise ConfigError(
                 f"output_dir: {self.output_dir!r} is not a directory path (str or Path)"
             )
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
-            raise ValueError(
+            raise ConfigError(
                 f"device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
             )
         object.__setattr__(self, "log_sinks", _sink_names(self.log_sinks))
         if not isinstance(self.hyperparams, Mapping):
-            raise ValueError(
+            raise ConfigError(
                 f"hyperparams: {self.hyperparams!r} is not a mapping of hyperparameter "
                 f"names to values; valid keys for {self.algo!r}: "
                 f"{', '.join(_hp.field_names(self.algo))}"
@@ -100,9 +101,9 @@ class TrainConfig:
 
 def _require_int(name: str, value: object, *, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: {value!r} is not an integer (accepted: integers >= {minimum})")
+        raise ConfigError(f"{name}: {value!r} is not an integer (accepted: integers >= {minimum})")
     if value < minimum:
-        raise ValueError(f"{name}: {value!r} is out of range (accepted: integers >= {minimum})")
+        raise ConfigError(f"{name}: {value!r} is out of range (accepted: integers >= {minimum})")
 
 
 def _sink_names(value: object) -> tuple[str, ...]:
@@ -112,20 +113,20 @@ def _sink_names(value: object) -> tuple[str, ...]:
     elif isinstance(value, Sequence):
         names = list(value)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"log_sinks: {value!r} is not a sequence of sink names such as "
             f"{list(DEFAULT_LOG_SINKS)!r}"
         )
     if not names:
-        raise ValueError("log_sinks: empty; name at least one sink, e.g. 'json'")
+        raise ConfigError("log_sinks: empty; name at least one sink, e.g. 'json'")
     for name in names:
         if not isinstance(name, str) or not _SINK_NAME_RE.fullmatch(name):
-            raise ValueError(
+            raise ConfigError(
                 f"log_sinks: {name!r} is not a sink name (letters, digits, '_', '.', '-')"
             )
     duplicates = sorted({n for n in names if names.count(n) > 1}, key=str)
     if duplicates:
-        raise ValueError(f"log_sinks: {', '.join(map(repr, duplicates))} named more than once")
+        raise ConfigError(f"log_sinks: {', '.join(map(repr, duplicates))} named more than once")
     return tuple(names)  # type: ignore[arg-type]  # every item checked to be a str above
 
 

@@ -14,20 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, Union, get_args, get_origin, get_type_hints
 
+from rl_training.errors import ConfigError
+
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
-        raise ValueError(f"hyperparams[{name!r}] must be > 0, got {value!r}")
+        raise ConfigError(f"hyperparams[{name!r}] must be > 0, got {value!r}")
 
 
 def _non_negative(name: str, value: float) -> None:
     if not value >= 0:
-        raise ValueError(f"hyperparams[{name!r}] must be >= 0, got {value!r}")
+        raise ConfigError(f"hyperparams[{name!r}] must be >= 0, got {value!r}")
 
 
 def _unit_interval(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"hyperparams[{name!r}] must be in [0, 1], got {value!r}")
+        raise ConfigError(f"hyperparams[{name!r}] must be in [0, 1], got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +51,7 @@ class _Common:
         _positive("learning_rate", self.learning_rate)
         _unit_interval("gamma", self.gamma)
         if not self.net_arch or any(width <= 0 for width in self.net_arch):
-            raise ValueError(
+            raise ConfigError(
                 f"hyperparams['net_arch'] must be a non-empty list of positive layer "
                 f"widths, got {list(self.net_arch)!r}"
             )
@@ -265,7 +267,7 @@ def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
                 except ValueError:
                     initial = math.nan
                 if not initial > 0:
-                    raise ValueError(
+                    raise ConfigError(
                         f"hyperparams[{name!r}]: {value!r} needs a positive number after "
                         "'auto_', e.g. 'auto_0.1'"
                     )
@@ -273,7 +275,7 @@ def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
         accepted = (
             "'auto', 'auto_<initial value>' or a number" if prefix_ok else "'auto' or a number"
         )
-        raise ValueError(f"hyperparams[{name!r}] must be {accepted}, got {value!r}")
+        raise ConfigError(f"hyperparams[{name!r}] must be {accepted}, got {value!r}")
     if name == "ent_coef":
         _positive(name, value)
 
@@ -304,7 +306,7 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
                 return coerce(name, value, option)
             except ValueError:
                 continue
-        raise ValueError(f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}")
+        raise ConfigError(f"hyperparams[{name!r}] must be {describe(annotation)}, got {value!r}")
     if origin is tuple:
         if isinstance(value, (list, tuple)):
             (item_type, _ellipsis) = get_args(annotation)
@@ -324,15 +326,15 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"hyperparams[{name!r}] must be {_describe(annotation)}, got {value!r}")
+    raise ConfigError(f"hyperparams[{name!r}] must be {describe(annotation)}, got {value!r}")
 
 
-def _describe(annotation: Any) -> str:
+def describe(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
-        return " or ".join(_describe(option) for option in get_args(annotation))
+        return " or ".join(describe(option) for option in get_args(annotation))
     if origin is tuple:
-        return f"a list of {_describe(get_args(annotation)[0])}"
+        return f"a list of {describe(get_args(annotation)[0])}"
     return {bool: "a bool", int: "an integer", float: "a finite number", str: "a string"}.get(
         annotation, str(annotation)
     )
@@ -347,7 +349,7 @@ def build(algo: str, overrides: Mapping[str, Any]) -> Any:
     cls = HYPERPARAMS[algo]
     unknown = sorted(set(overrides) - set(field_names(algo)))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"hyperparams: unknown key(s) {', '.join(map(repr, unknown))} for algo "
             f"{algo!r}; valid keys: {', '.join(field_names(algo))}"
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from rl_training import hookspecs
+from rl_training.errors import ConfigError
 from rl_training.experiment.logging import SinkFactory
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
@@ -91,7 +92,7 @@ class SinkCatalog:
         for name in names:
             if name in self.conflicts:
                 providers = " and ".join(info.provider for info in self.conflicts[name])
-                raise ValueError(
+                raise ConfigError(
                     f"log sink {name!r} is offered by more than one plugin: {providers}; "
                     "uninstall one of them"
                 )
@@ -101,7 +102,7 @@ class SinkCatalog:
                 unknown.append(name)
         if unknown:
             available = ", ".join(self.sinks) or "none"
-            raise ValueError(
+            raise ConfigError(
                 f"log_sinks: unknown sink {', '.join(map(repr, unknown))}; "
                 f"available sinks: {available}"
             )

@@ -78,6 +78,46 @@ SinkFactory: TypeAlias = Callable[["RunContext"], Sink]
 """``factory(run_context) -> Sink``: what a plugin offers under a sink name."""
 
 
+class _RowGuard:
+    """Makes each fan-out all-or-nothing with respect to interrupts.
+
+    A signal handler that calls :func:`raise_interrupt` while a row is being handed
+    to the sinks has its exception held until every sink has that row, so an
+    interrupted run never leaves a row in ``metrics.jsonl`` that TensorBoard lacks.
+    Signal handlers run on the main thread, between bytecodes: a counter and a slot
+    suffice, no lock.
+    """
+
+    depth = 0
+    pending: BaseException | None = None
+
+    def __enter__(self) -> None:
+        _RowGuard.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        _RowGuard.depth -= 1
+        if _RowGuard.depth == 0 and _RowGuard.pending is not None:
+            pending, _RowGuard.pending = _RowGuard.pending, None
+            raise pending
+
+
+_ROW_GUARD = _RowGuard()
+
+
+def raise_interrupt(exception: BaseException) -> None:
+    """Raise ``exception`` now, or, inside a fan-out, as soon as every sink has the row.
+
+    For signal handlers (``rl-train`` installs one for SIGINT and SIGTERM): Python's
+    default Ctrl-C handler raises ``KeyboardInterrupt`` wherever the main thread is,
+    which can be between two sinks.
+    """
+    if _RowGuard.depth:
+        if _RowGuard.pending is None:
+            _RowGuard.pending = exception
+        return
+    raise exception
+
+
 class SinkFailureWarning(RuntimeWarning):
     """A sink raised, was reported once and dropped; the other sinks go on."""
 
@@ -184,14 +224,15 @@ class CompositeLogger:
 
     def _fan_out(self, method: str, *args: Any) -> None:
         first_error: BaseException | None = None
-        for name, sink in list(self._sinks.items()):
-            try:
-                getattr(sink, method)(*args)
-            except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
-                if first_error is None:
-                    first_error = error
-                if not self._strict:
-                    self._drop(name, method, error)
+        with _ROW_GUARD:  # an interrupt waits until every sink has this call
+            for name, sink in list(self._sinks.items()):
+                try:
+                    getattr(sink, method)(*args)
+                except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
+                    if first_error is None:
+                        first_error = error
+                    if not self._strict:
+                        self._drop(name, method, error)
         if first_error is not None and self._strict:
             raise first_error
 
@@ -431,4 +472,5 @@ __all__ = [
     "normalize_config",
     "normalize_metrics",
     "normalize_step",
+    "raise_interrupt",
 ]

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
 from rl_training.runtime.device import check_device
 
 ACTION_SPACES: Mapping[str, tuple[str, ...]] = {
@@ -28,7 +29,7 @@ def check_runtime(config: TrainConfig) -> None:
     space = env_action_space(config.env_id)
     accepted = ACTION_SPACES[config.algo]
     if type(space).__name__ not in accepted:
-        raise ValueError(
+        raise ConfigError(
             f"algo {config.algo!r} does not fit env {config.env_id!r}: its action space is "
             f"{space}, and {config.algo} takes {' or '.join(accepted)} action spaces"
         )
@@ -45,14 +46,14 @@ def env_action_space(env_id: str) -> Any:
     try:
         gym.spec(env_id)
     except gym.error.Error as error:
-        raise ValueError(
+        raise ConfigError(
             f"env_id: {env_id!r} is not a registered gymnasium environment ({error}); "
             "e.g. 'CartPole-v1', 'Pendulum-v1' (see gymnasium.envs.registry)"
         ) from None
     try:
         env = gym.make(env_id)
     except Exception as error:  # missing extras (box2d, mujoco...) and the like
-        raise ValueError(
+        raise ConfigError(
             f"env_id: {env_id!r} is registered but cannot be made here: "
             f"{type(error).__name__}: {error}"
         ) from error

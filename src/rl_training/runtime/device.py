@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from rl_training.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -35,16 +37,16 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     match = _CUDA_RE.fullmatch(device) if isinstance(device, str) else None
     if match is None:
-        raise ValueError(f"device: {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
+        raise ConfigError(f"device: {device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             f"device: {device!r} was asked for but CUDA is not available on this machine "
             f"(torch {torch.__version__}); use 'cpu' or 'auto'"
         )
     index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(
+        raise ConfigError(
             f"device: {device!r} does not exist; this machine has {count} CUDA device(s): "
             f"{', '.join(f'cuda:{i}' for i in range(count))}"
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
 from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink
 from rl_training.experiment.sinks.jsonl import write_json_atomic
 from rl_training.plugins import PluginManager, discover_sinks
@@ -80,7 +81,7 @@ def create_run_context(config: TrainConfig, run_suffix: str | None = None) -> Ru
         ValueError: ``run_suffix`` holds characters that are unsafe in a file name.
     """
     if run_suffix is not None and not _SUFFIX_RE.fullmatch(run_suffix):
-        raise ValueError(
+        raise ConfigError(
             f"run_suffix: {run_suffix!r} is not a safe directory-name part "
             "(accepted: letters, digits and _ . + = -)"
         )
@@ -135,7 +136,7 @@ class TrainingRun:
             ValueError: ``status`` is not ``"finished"``, ``"failed"`` or ``"interrupted"``.
         """
         if status not in STATUSES:
-            raise ValueError(f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}")
+            raise ConfigError(f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}")
         if self.status != "running":
             return
         self.status = status

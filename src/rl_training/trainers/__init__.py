@@ -16,7 +16,7 @@ import contextlib
 import importlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
 from rl_training.experiment.logging import Logger
 from rl_training.hyperparams import build as build_hyperparams
 from rl_training.runtime.device import resolve_device
-from rl_training.runtime.run_utils import create_training_run
+from rl_training.runtime.run_utils import TrainingRun, create_training_run
 from rl_training.runtime.seeding import seed_everything
 from rl_training.trainers.common import (
     EpisodeTracker,
@@ -134,13 +135,17 @@ def algorithm(algo: str) -> Algorithm:
         ValueError: no trainer for ``algo``.
     """
     if algo not in TRAINERS:
-        raise ValueError(f"algo: {algo!r} has no trainer; available: {', '.join(TRAINERS)}")
+        raise ConfigError(f"algo: {algo!r} has no trainer; available: {', '.join(TRAINERS)}")
     module: Algorithm = importlib.import_module(TRAINERS[algo])
     return module
 
 
 def train(
-    config: TrainConfig, run_suffix: str | None = None, *, strict: bool = False
+    config: TrainConfig,
+    run_suffix: str | None = None,
+    *,
+    strict: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Run one training run end to end through :func:`create_training_run`.
 
@@ -148,37 +153,56 @@ def train(
     leaves no run directory; trains; saves ``model.pt``; closes the run ``"finished"``,
     or ``"failed"`` / ``"interrupted"`` if training raises.
 
+    Args:
+        config: The run.
+        run_suffix: Appended to the run directory's name.
+        strict: A sink that raises stops training instead of being dropped.
+        progress: Called with every row the trainer logs (after the sinks got it).
+
     Raises:
-        ValueError: a bad config for this machine (nothing is written).
+        ConfigError: a bad config for this machine (a ``ValueError``; nothing is written).
     """
+    algorithm(config.algo)  # an unknown trainer fails before the run directory exists
+    resolve_device(config.device)
+    with create_training_run(config, run_suffix, strict=strict) as run:
+        return fit(run, progress=progress)
+
+
+def fit(run: TrainingRun, *, progress: ProgressCallback | None = None) -> TrainResult:
+    """Train in an open run and save its model; the caller closes the run.
+
+    This is :func:`train` without the run setup, for callers that need the run
+    directory before training starts (the command line prints it on Ctrl-C).
+    """
+    config = run.run_context.config
     learner = algorithm(config.algo)
     hp = build_hyperparams(config.algo, config.hyperparams)
     device = resolve_device(config.device)
-    with create_training_run(config, run_suffix, strict=strict) as run:
-        envs = make_vec_env(config.env_id, hp.num_envs, config.seed)
-        try:
-            with _cpu_threads(device, learner.CPU_THREADS):
-                session = Session(
-                    config=config,
-                    hp=hp,
-                    envs=envs,
-                    logger=run.logger,
-                    device=device,
-                    generator=seed_everything(config.seed, device),
-                    episodes=EpisodeTracker(hp.num_envs, run.logger),
-                )
-                start = time.perf_counter()
-                learned = learner.learn(session)
-                save_model(
-                    run.run_context.model_path,
-                    algo=config.algo,
-                    env_id=config.env_id,
-                    hyperparams=hp,
-                    modules=learned.modules,
-                )
-                wall_time = time.perf_counter() - start
-        finally:
-            envs.close()
+    logger: Logger = run.logger if progress is None else _Observed(run.logger, progress)
+    envs = make_vec_env(config.env_id, hp.num_envs, config.seed)
+    try:
+        with _cpu_threads(device, learner.CPU_THREADS):
+            session = Session(
+                config=config,
+                hp=hp,
+                envs=envs,
+                logger=logger,
+                device=device,
+                generator=seed_everything(config.seed, device),
+                episodes=EpisodeTracker(hp.num_envs, logger),
+            )
+            start = time.perf_counter()
+            learned = learner.learn(session)
+            save_model(
+                run.run_context.model_path,
+                algo=config.algo,
+                env_id=config.env_id,
+                hyperparams=hp,
+                modules=learned.modules,
+            )
+            wall_time = time.perf_counter() - start
+    finally:
+        envs.close()
     return TrainResult(
         run_dir=run.run_dir,
         steps=learned.steps,
@@ -186,6 +210,28 @@ def train(
         mean_return=session.episodes.mean_return,
         episodes=session.episodes.count,
     )
+
+
+ProgressCallback = Callable[[Mapping[str, Any], int], None]
+"""``progress(metrics, step)``: sees each logged row, e.g. to draw a progress bar."""
+
+
+class _Observed:
+    """The run's logger, also showing each row to a progress callback."""
+
+    def __init__(self, logger: Logger, progress: ProgressCallback) -> None:
+        self._logger = logger
+        self._progress = progress
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        self._logger.log_config(config)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        self._logger.log_metrics(metrics, step)
+        self._progress(metrics, step)
+
+    def close(self, status: str = "finished") -> None:
+        self._logger.close(status)
 
 
 @contextlib.contextmanager
@@ -219,7 +265,7 @@ def evaluate(
         ValueError: ``n_episodes`` is not positive.
     """
     if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ValueError(f"n_episodes: {n_episodes!r} is not a positive integer")
+        raise ConfigError(f"n_episodes: {n_episodes!r} is not a positive integer")
     saved = load_model(Path(run_dir) / "model.pt")
     env = gym.make(saved.env_id)
     generator = torch.Generator().manual_seed(seed)
@@ -246,4 +292,14 @@ def evaluate(
     )
 
 
-__all__ = ["TRAINERS", "EvalResult", "Learned", "Session", "TrainResult", "evaluate", "train"]
+__all__ = [
+    "TRAINERS",
+    "EvalResult",
+    "Learned",
+    "ProgressCallback",
+    "Session",
+    "TrainResult",
+    "evaluate",
+    "fit",
+    "train",
+]

@@ -1,0 +1,320 @@
+"""``rl-train``: parse options, build the config, train, print one summary line.
+
+Bad input exits 2 with one line on stderr (no traceback, no run directory). Ctrl-C
+(SIGINT) and SIGTERM close every sink, mark the run ``"interrupted"``, print the run
+directory and exit 130 and 143.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import Any, TextIO
+
+from rl_training import hyperparams as hp_module
+from rl_training.config import ALGOS, DEFAULT_LOG_SINKS, TrainConfig
+from rl_training.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+EXIT_SIGINT = 128 + signal.SIGINT
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the run closes ``"interrupted"``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rl-train`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="rl-train",
+        description="Train a PyTorch RL agent on a gymnasium env, logging to pluggable sinks.",
+        epilog="Hyperparameters per algorithm: rl-train --algo ALGO --list-hyperparams",
+    )
+    parser.add_argument("--algo", choices=ALGOS, help="algorithm")
+    parser.add_argument("--env-id", help="gymnasium environment id, e.g. CartPole-v1")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--total-timesteps", type=int, help="environment steps to train for")
+    parser.add_argument(
+        "--output-dir", default="runs", help="where run directories go (default: runs)"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
+    )
+    parser.add_argument(
+        "--log-sinks",
+        default=",".join(DEFAULT_LOG_SINKS),
+        help=f"comma-separated sinks (default: {','.join(DEFAULT_LOG_SINKS)}; see --list-sinks)",
+    )
+    parser.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyperparameter override, typed by its default (repeatable)",
+    )
+    parser.add_argument("--run-suffix", help="appended to the run directory's name")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--list-sinks", action="store_true", help="list installed sinks and exit")
+    parser.add_argument(
+        "--list-hyperparams", action="store_true", help="list --algo's hyperparameters and exit"
+    )
+    parser.add_argument("--json", action="store_true", help="with --list-sinks: JSON output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rl-train`` and ``python -m rl_training``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_sinks:
+            return list_sinks(as_json=args.json)
+        if args.list_hyperparams:
+            return list_hyperparams(args.algo)
+        config = _config_from_args(args)
+        return _train(config, args)
+    except ConfigError as error:
+        print(f"rl-train: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    missing = [
+        flag
+        for flag, value in (
+            ("--algo", args.algo),
+            ("--env-id", args.env_id),
+            ("--total-timesteps", args.total_timesteps),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(f"missing {', '.join(missing)} (see rl-train --help)")
+    return TrainConfig(
+        algo=args.algo,
+        env_id=args.env_id,
+        seed=args.seed,
+        total_timesteps=args.total_timesteps,
+        output_dir=args.output_dir,
+        device=args.device,
+        log_sinks=args.log_sinks,
+        hyperparams=parse_hyperparams(args.algo, args.hp),
+    )
+
+
+def parse_hyperparams(algo: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> overrides, each VALUE read as its hyperparameter's type.
+
+    Raises:
+        ConfigError: not ``KEY=VALUE``, an unknown key (the valid ones are listed), or a
+            value that does not read as the key's type.
+    """
+    types = hp_module.field_types(hp_module.HYPERPARAMS[algo])
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--hp {pair!r} is not KEY=VALUE, e.g. --hp learning_rate=3e-4")
+        if key not in types:
+            raise ConfigError(
+                f"--hp: unknown hyperparameter {key!r} for {algo!r}; valid: "
+                f"{', '.join(hp_module.field_names(algo))}"
+            )
+        overrides[key] = _parse_value(key, text.strip(), types[key])
+    return overrides
+
+
+def _parse_value(key: str, text: str, annotation: Any) -> Any:
+    """Read ``text`` as a value for ``annotation``; the dataclass then checks its range."""
+    candidates: list[Any] = []
+    if text.lower() in ("true", "false", "yes", "no", "on", "off"):
+        candidates.append(text.lower() in ("true", "yes", "on"))
+    try:
+        candidates.append(int(text))
+    except ValueError:
+        pass
+    try:
+        candidates.append(float(text))
+    except ValueError:
+        pass
+    if text.startswith("[") or "," in text:
+        items = text.strip("[]()").split(",")
+        try:
+            candidates.append([int(item) for item in items if item.strip()])
+        except ValueError:
+            pass
+    candidates.append(text)
+    for candidate in candidates:
+        try:
+            return hp_module.coerce(key, candidate, annotation)
+        except ValueError:
+            continue
+    raise ConfigError(
+        f"--hp {key}={text!r}: expected {hp_module.describe(annotation)} "
+        f"(e.g. {_example(annotation)})"
+    )
+
+
+def _example(annotation: Any) -> str:
+    return {bool: "true", int: "128", float: "3e-4", str: "auto"}.get(annotation, "64,64")
+
+
+def list_sinks(*, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Print every installed sink with its provider, and plugins that failed to load."""
+    import warnings
+
+    from rl_training.plugins import discover_sinks
+
+    with warnings.catch_warnings(record=True):  # shown below, in the listing itself
+        warnings.simplefilter("always")
+        catalog = discover_sinks()
+    if as_json:
+        data = {
+            "sinks": [
+                {
+                    "name": i.name,
+                    "distribution": i.distribution,
+                    "version": i.version,
+                    "plugin": i.plugin,
+                }
+                for i in catalog.sinks.values()
+            ],
+            "conflicts": {
+                name: [f"{p.distribution} {p.version}" for p in providers]
+                for name, providers in catalog.conflicts.items()
+            },
+            "failed_plugins": [dataclasses.asdict(f) for f in catalog.failures],
+        }
+        print(json.dumps(data, indent=2), file=out)
+        return 0
+    width = max([len(name) for name in catalog.sinks] + [4])
+    print(f"{'SINK':<{width}}  PROVIDED BY", file=out)
+    for info in catalog.sinks.values():
+        print(f"{info.name:<{width}}  {info.provider}", file=out)
+    for name, providers in catalog.conflicts.items():
+        names = " and ".join(p.provider for p in providers)
+        print(f"{name:<{width}}  UNUSABLE: offered by {names}", file=out)
+    if catalog.failures:
+        print("\nplugins that failed to load:", file=out)
+        for failure in catalog.failures:
+            print(f"  {failure.entry_point} ({failure.distribution}): {failure.error}", file=out)
+    return 0
+
+
+def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
+    """Print ``algo``'s hyperparameters with their defaults."""
+    if algo is None:
+        raise ConfigError(f"--list-hyperparams needs --algo (one of {', '.join(ALGOS)})")
+    for f in dataclasses.fields(hp_module.HYPERPARAMS[algo]):
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        print(f"{f.name}={shown}", file=out)
+    return 0
+
+
+def _train(config: TrainConfig, args: argparse.Namespace) -> int:
+    # Imported here: --help, --list-sinks and bad input stay fast without torch.
+    from rl_training.runtime.device import resolve_device
+    from rl_training.runtime.run_utils import create_training_run
+    from rl_training.trainers import algorithm, fit
+
+    algorithm(config.algo)
+    resolve_device(config.device)
+    run = create_training_run(config, args.run_suffix)  # checks everything before disk
+    progress = None if args.quiet else Progress(config.total_timesteps, sys.stderr)
+    previous = {
+        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with run:
+            result = fit(run, progress=progress)
+    except KeyboardInterrupt as interrupt:
+        if progress is not None:
+            progress.close()
+        print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
+        print(run.run_dir, flush=True)
+        return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if progress is not None:
+        progress.close()
+    mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
+    print(
+        f"run {result.run_dir} | steps {result.steps} | wall time {result.wall_time_s:.1f}s | "
+        f"mean return (last 20 episodes) {mean} | view: tensorboard --logdir {config.output_dir}",
+        flush=True,
+    )
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    from rl_training.experiment.logging import raise_interrupt
+
+    _ignore_signals()  # a second signal must not cut the closing of the sinks short
+    # Held back while a row is between sinks, so every sink ends with the same rows.
+    raise_interrupt(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class Progress:
+    """Steps, steps/s, the latest mean return and time left, on stderr.
+
+    A tqdm bar when stderr is a terminal; otherwise a plain line at most every
+    ``interval`` seconds, which reads well in a log file.
+    """
+
+    def __init__(self, total: int, stream: TextIO, interval: float = 10.0) -> None:
+        self._total = total
+        self._stream = stream
+        self._interval = interval
+        self._returns: list[float] = []
+        self._sps = math.nan
+        self._step = 0
+        self._last_print = time.monotonic()
+        self._bar: Any = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=stream, unit="step", dynamic_ncols=True)
+
+    def __call__(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Take one logged row."""
+        if "episode/return" in metrics:
+            self._returns = (self._returns + [float(metrics["episode/return"])])[-20:]
+        if "time/sps" in metrics:
+            self._sps = float(metrics["time/sps"])
+        advanced, self._step = step - self._step, max(step, self._step)
+        mean = sum(self._returns) / len(self._returns) if self._returns else math.nan
+        if self._bar is not None:
+            if advanced > 0:
+                self._bar.update(advanced)
+            self._bar.set_postfix(mean_return=f"{mean:.1f}", refresh=False)
+        elif time.monotonic() - self._last_print >= self._interval:
+            self._last_print = time.monotonic()
+            left = (self._total - self._step) / self._sps if self._sps > 0 else math.nan
+            print(
+                f"steps {self._step}/{self._total} ({100 * self._step / self._total:.0f}%) | "
+                f"{self._sps:.0f} steps/s | mean return {mean:.2f} | time left {left:.0f}s",
+                file=self._stream,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        """Finish the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,227 @@
+"""rl-train as a user runs it: real subprocesses, real signals, files read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import RECORDING_PLUGIN
+from rl_training.cli import parse_hyperparams
+from rl_training.errors import ConfigError
+from rl_training.testing import read_jsonl, read_scalars
+
+RL_TRAIN = shutil.which("rl-train") or str(Path(sys.executable).with_name("rl-train"))
+TINY = ["--hp", "n_steps=16", "--hp", "num_envs=2", "--hp", "batch_size=32", "--hp", "n_epochs=1"]
+
+
+def run_cli(*args, env=None, timeout=120, module=False):
+    command = [sys.executable, "-m", "rl_training"] if module else [RL_TRAIN]
+    return subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    (run_dir,) = output_dir.iterdir()
+    return run_dir
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["rl-train", "python -m rl_training"])
+def test_short_training_run(tmp_path, module):
+    """A real run exits 0 and prints one summary line naming the run and the tensorboard command."""
+    out = tmp_path / "runs"
+    result = run_cli(
+        "--algo",
+        "ppo",
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        128,
+        "--output-dir",
+        out,
+        "--quiet",
+        *TINY,
+        module=module,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    (line,) = result.stdout.splitlines()
+    run_dir = only_run_dir(out)
+    assert str(run_dir) in line and "steps 128" in line and f"tensorboard --logdir {out}" in line
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert (run_dir / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("sinks", ["json", "tensorboard", "json,tensorboard", "recording,json"])
+def test_each_sink_combination_writes_its_files(tmp_path, install_plugin, sinks):
+    """--log-sinks picks exactly the sinks named, installed plugins included."""
+    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
+    out = tmp_path / "runs"
+    result = run_cli(
+        "--algo",
+        "a2c",
+        "--env-id",
+        "CartPole-v1",
+        "--total-timesteps",
+        200,
+        "--output-dir",
+        out,
+        "--log-sinks",
+        sinks,
+        "--quiet",
+        "--hp",
+        "log_interval=2",
+        env={"PYTHONPATH": str(tmp_path / "site")},
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(out)
+    names = sinks.split(",")
+    assert (run_dir / "metrics.jsonl").exists() == ("json" in names)
+    assert any((run_dir / "tensorboard").iterdir()) == ("tensorboard" in names)
+    if "json" in names:
+        assert any("loss/policy" in row for row in read_jsonl(run_dir / "metrics.jsonl"))
+    if "tensorboard" in names:
+        assert "loss/policy" in read_scalars(run_dir / "tensorboard")
+    if "recording" in names:
+        assert (run_dir / "recording.txt").read_text().splitlines()[-1] == "close finished"
+    assert json.loads((run_dir / "run.json").read_text())["log_sinks"] == names
+
+
+def test_list_sinks_names_providers_and_broken_plugins(tmp_path, install_plugin):
+    """--list-sinks shows every sink with its distribution and version, and failed plugins."""
+    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording", version="0.3")
+    install_plugin("rl-training-broken", "raise ImportError('needs libfoo')\n", entry_name="broken")
+    env = {"PYTHONPATH": str(tmp_path / "site")}
+    result = run_cli("--list-sinks", env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(l.startswith("json ") and "rl-training" in l for l in lines)
+    assert any(l.startswith("tensorboard ") for l in lines)
+    assert any(l.startswith("recording ") and "rl-training-recording 0.3" in l for l in lines)
+    assert any("broken" in l and "needs libfoo" in l for l in lines)
+
+    as_json = json.loads(run_cli("--list-sinks", "--json", env=env).stdout)
+    by_name = {s["name"]: s for s in as_json["sinks"]}
+    assert by_name["recording"]["distribution"] == "rl-training-recording"
+    assert by_name["json"]["distribution"] == "rl-training"
+    assert as_json["failed_plugins"][0]["distribution"] == "rl-training-broken 1.0"
+
+    disabled = run_cli("--list-sinks", env={**env, "RL_TRAINING_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert "recording" not in disabled.stdout and "broken" not in disabled.stdout
+
+
+BAD_INPUT = {
+    "unknown algo": (["--algo", "trpo"], "trpo"),
+    "unknown env": (["--env-id", "NoSuchEnv-v0"], "'NoSuchEnv-v0'"),
+    "unknown sink": (["--log-sinks", "json,nosuch"], "'nosuch'"),
+    "unknown hp": (["--hp", "clip_rnage=0.1"], "'clip_rnage'"),
+    "hp not key=value": (["--hp", "clip_range"], "KEY=VALUE"),
+    "hp bad number": (["--hp", "learning_rate=fast"], "learning_rate"),
+    "hp out of range": (["--hp", "gamma=1.5"], "gamma"),
+    "bad timesteps": (["--total-timesteps", "0"], "total_timesteps"),
+    "bad device": (["--device", "tpu"], "'tpu'"),
+    "algo vs action space": (["--algo", "sac"], "'sac'"),
+    "missing option": (["--env-id", None], "--env-id"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT), ids=list(BAD_INPUT))
+def test_bad_input_is_one_line_no_traceback_nothing_written(tmp_path, case):
+    """Bad input exits non-zero with one line naming the value; no traceback; no run directory."""
+    changes, fragment = BAD_INPUT[case]
+    options = {"--algo": "ppo", "--env-id": "CartPole-v1", "--total-timesteps": "100"}
+    extra = []
+    for flag, value in zip(changes[::2], changes[1::2], strict=True):
+        if flag in options:
+            options[flag] = value
+        else:
+            extra += [flag, value]
+    args = [a for flag, value in options.items() if value is not None for a in (flag, value)]
+    result = run_cli(*args, *extra, "--output-dir", tmp_path / "runs", "--quiet")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 or (case == "unknown algo" and "invalid choice" in lines[-1])
+    assert fragment in lines[-1]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_hp_values_are_typed_by_their_defaults():
+    """--hp reads ints, floats, bools, lists and SAC's 'auto' by each hyperparameter's type."""
+    assert parse_hyperparams(
+        "ppo", ["n_steps=64", "learning_rate=1e-3", "anneal_lr=false", "net_arch=32,32"]
+    ) == {"n_steps": 64, "learning_rate": 1e-3, "anneal_lr": False, "net_arch": (32, 32)}
+    assert parse_hyperparams("sac", ["ent_coef=auto_0.1", "target_entropy=-2"]) == {
+        "ent_coef": "auto_0.1",
+        "target_entropy": -2.0,
+    }
+    with pytest.raises(ConfigError, match="n_steps"):
+        parse_hyperparams("ppo", ["n_steps=1.5"])
+
+
+def start_long_run(tmp_path, *extra):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen(
+        [
+            RL_TRAIN,
+            "--algo",
+            "ppo",
+            "--env-id",
+            "CartPole-v1",
+            "--total-timesteps",
+            "10000000",
+            "--output-dir",
+            str(out),
+            "--quiet",
+            *TINY,
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until training is well under way
+        runs = list(out.glob("*/metrics.jsonl")) if out.exists() else []
+        if runs and runs[0].stat().st_size > 20_000:
+            return proc, runs[0].parent
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("training did not start")
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly(tmp_path, sig, status):
+    """SIGINT/SIGTERM: exit 130/143, run marked interrupted, every sink flushed and closed."""
+    proc, run_dir = start_long_run(tmp_path, "--log-sinks", "json,tensorboard")
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == status, stderr
+    assert str(run_dir) in stdout and "Traceback" not in stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    scalars = read_scalars(run_dir / "tensorboard")
+    for key in ("episode/return", "loss/policy"):
+        assert [r["step"] for r in rows if key in r] == [s for s, _ in scalars[key]]
+
+
+def test_sigkill_leaves_whole_lines_and_intact_config(tmp_path):
+    """SIGKILL mid-run: metrics.jsonl is whole strict-JSON lines, config.json parses."""
+    proc, run_dir = start_long_run(tmp_path, "--log-sinks", "json")
+    proc.kill()
+    proc.communicate(timeout=30)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert len(rows) > 10
+    assert json.loads((run_dir / "config.json").read_text())["algo"] == "ppo"
