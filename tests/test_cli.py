@@ -107,10 +107,10 @@ def test_list_sinks_names_providers_and_broken_plugins(tmp_path, install_plugin)
     result = run_cli("--list-sinks", env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert any(l.startswith("json ") and "rl-training" in l for l in lines)
-    assert any(l.startswith("tensorboard ") for l in lines)
-    assert any(l.startswith("recording ") and "rl-training-recording 0.3" in l for l in lines)
-    assert any("broken" in l and "needs libfoo" in l for l in lines)
+    assert any(line.startswith("json ") and "rl-training" in line for line in lines)
+    assert any(line.startswith("tensorboard ") for line in lines)
+    assert any(line.startswith("recording ") and "rl-training-recording 0.3" in line for line in lines)
+    assert any("broken" in line and "needs libfoo" in line for line in lines)
 
     as_json = json.loads(run_cli("--list-sinks", "--json", env=env).stdout)
     by_name = {s["name"]: s for s in as_json["sinks"]}
