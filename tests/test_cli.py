@@ -109,7 +109,9 @@ def test_list_sinks_names_providers_and_broken_plugins(tmp_path, install_plugin)
     lines = result.stdout.splitlines()
     assert any(line.startswith("json ") and "rl-training" in line for line in lines)
     assert any(line.startswith("tensorboard ") for line in lines)
-    assert any(line.startswith("recording ") and "rl-training-recording 0.3" in line for line in lines)
+    assert any(
+        line.startswith("recording ") and "rl-training-recording 0.3" in line for line in lines
+    )
     assert any("broken" in line and "needs libfoo" in line for line in lines)
 
     as_json = json.loads(run_cli("--list-sinks", "--json", env=env).stdout)

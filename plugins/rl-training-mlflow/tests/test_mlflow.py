@@ -1,0 +1,90 @@
+"""What the mlflow sink stores, read back through MlflowClient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from rl_training import create_training_run
+from rl_training.testing import tiny_config
+
+
+def only_run(client):
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rl-training"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _local_store(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+
+
+def test_params_metrics_and_status_in_a_store_inside_the_run(tmp_path):
+    """Config as flattened params, every metric with its step, the run FINISHED."""
+    config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",), hyperparams={"n_steps": 16})
+    with create_training_run(config) as run:
+        for step in range(5):
+            run.logger.log_metrics(
+                {"loss/value": 1.0 / (step + 1), "episode/return": step}, step * 10
+            )
+        run.logger.log_metrics({"odd": math.nan}, 60)
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    stored = only_run(client)
+    assert stored.info.status == "FINISHED"
+    assert stored.info.run_name == run.run_dir.name
+    assert stored.data.params["algo"] == "ppo"
+    assert stored.data.params["hyperparams.n_steps"] == "16"
+    assert stored.data.params["resolved_hyperparams.net_arch"] == "[64, 64]"
+    history = client.get_metric_history(stored.info.run_id, "loss/value")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (s * 10, pytest.approx(1.0 / (s + 1))) for s in range(5)
+    ]
+    assert math.isnan(client.get_metric_history(stored.info.run_id, "odd")[0].value)
+
+
+@pytest.mark.parametrize(
+    ("exception", "status"), [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")]
+)
+def test_run_ends_failed_or_killed(tmp_path, exception, status):
+    """A run that fails ends FAILED; an interrupted one KILLED; what was logged is kept."""
+    config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",))
+    with pytest.raises(exception), create_training_run(config) as run:
+        run.logger.log_metrics({"m": 1.0}, 1)
+        raise exception
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    stored = only_run(client)
+    assert stored.info.status == status
+    assert [m.value for m in client.get_metric_history(stored.info.run_id, "m")] == [1.0]
+
+
+def test_tracking_uri_from_the_environment(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI puts every run in one shared store, in the named experiment."""
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "cartpole-sweep")
+    for seed in (0, 1):
+        with create_training_run(
+            tiny_config(output_dir=tmp_path / "runs", seed=seed, log_sinks=("mlflow",))
+        ) as run:
+            run.logger.log_metrics({"m": float(seed)}, 0)
+        assert not (run.run_dir / "mlflow.db").exists()
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("cartpole-sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+
+
+def test_long_param_values_are_cut(tmp_path):
+    """A config value longer than MLflow's limit is stored cut, not rejected."""
+    from rl_training_mlflow import MAX_PARAM_LENGTH
+
+    config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",))
+    with create_training_run(config) as run:
+        run.logger.log_config({"note": "x" * (MAX_PARAM_LENGTH + 50)})
+    stored = only_run(MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}"))
+    assert len(stored.data.params["note"]) == MAX_PARAM_LENGTH
+    assert stored.data.params["note"].endswith("...")
