@@ -139,6 +139,28 @@ class EnvStepper:
         return next_obs, reward, terminated, truncated
 
 
+class PeriodicLog:
+    """An off-policy trainer's ``time/sps`` and training row, every ``interval`` steps.
+
+    Also after the last step, so a run's final values are always logged. The row's
+    values may be device tensors: the logger copies them to the host in one transfer.
+    """
+
+    def __init__(self, session: Any, interval: int) -> None:
+        self._session = session
+        self._interval = interval
+        self._next = interval
+
+    def __call__(self, steps: int, values: Mapping[str, Any]) -> None:
+        """Log ``values`` and ``time/sps`` if ``steps`` reached the next row or the end."""
+        if steps < self._next and steps < self._session.config.total_timesteps:
+            return
+        while self._next <= steps:
+            self._next += self._interval
+        metrics = {**values, "time/sps": self._session.timer.sps(steps)}
+        self._session.logger.log_metrics(metrics, steps)
+
+
 def rollout_lengths(total_timesteps: int, num_envs: int, n_steps: int) -> Iterator[int]:
     """Per-env lengths of successive rollouts: ``n_steps`` each, the last cut short so the
     run stops within ``num_envs - 1`` steps of ``total_timesteps``."""

@@ -25,6 +25,7 @@ from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.common import (
     EnvStepper,
     FlatOptimizer,
+    PeriodicLog,
     SavedModel,
     discrete_space,
     flatten_parameters,
@@ -60,9 +61,9 @@ def learn(session: Session) -> Learned:
     stepper = EnvStepper(session)
     total = session.config.total_timesteps
     n_updates = 0
-    losses: dict[str, torch.Tensor] = {}
+    train_values: dict[str, Any] = {}
+    log = PeriodicLog(session, hp.log_interval)
     iteration = 0
-    next_log = hp.log_interval
     # Counted in vector steps, as SB3 does: max(interval // num_envs, 1)
     target_every = max(hp.target_update_interval // hp.num_envs, 1)
 
@@ -98,23 +99,18 @@ def learn(session: Session) -> Learned:
                 loss = nn.functional.smooth_l1_loss(q, target_q)
                 optimizer.step(loss, hp.max_grad_norm)
                 n_updates += 1
-            losses = {"loss/q": loss.detach(), "train/q_mean": q.detach().mean()}
+            train_values = {
+                "loss/q": loss.detach(),
+                "train/q_mean": q.detach().mean(),
+                "train/n_updates": n_updates,
+            }
 
         # Target network (every target_update_interval environment steps)
         if iteration % target_every == 0:
             soft_update(target_params, optimizer.param, hp.tau)
 
-        # Log (tensors: one host copy per row)
-        if stepper.steps >= next_log or stepper.steps >= total:
-            next_log += hp.log_interval
-            metrics: dict[str, Any] = {
-                "train/epsilon": eps,
-                "time/sps": session.timer.sps(stepper.steps),
-            }
-            if n_updates:
-                metrics.update(losses)
-                metrics["train/n_updates"] = n_updates
-            session.logger.log_metrics(metrics, stepper.steps)
+        # Log
+        log(stepper.steps, {"train/epsilon": eps, **train_values})
 
     return Learned(modules={"q_net": q_net}, steps=stepper.steps)
 

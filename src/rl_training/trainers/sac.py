@@ -31,6 +31,7 @@ from rl_training.trainers.common import (
     EnsembleMLP,
     EnvStepper,
     FlatOptimizer,
+    PeriodicLog,
     SavedModel,
     box_space,
     flatten_parameters,
@@ -124,9 +125,9 @@ def learn(session: Session) -> Learned:
     stepper = EnvStepper(session)
     total = session.config.total_timesteps
     n_updates = 0
-    losses: dict[str, torch.Tensor] = {}
+    train_values: dict[str, Any] = {}
+    log = PeriodicLog(session, hp.log_interval)
     iteration = 0
-    next_log = hp.log_interval
 
     while stepper.steps < total:
         iteration += 1
@@ -153,7 +154,7 @@ def learn(session: Session) -> Learned:
                     alpha_opt.zero_grad(set_to_none=True)
                     alpha_loss.backward()
                     alpha_opt.step()
-                    losses["loss/alpha"] = alpha_loss.detach()
+                    train_values["loss/alpha"] = alpha_loss.detach()
 
                 # Critics: soft Bellman target from the target twins (eq. 3, 5)
                 with torch.no_grad():
@@ -173,17 +174,17 @@ def learn(session: Session) -> Learned:
 
                 soft_update(target_params, critic_opt.param, hp.tau)
                 n_updates += 1
-            losses.update({"loss/q": critic_loss.detach(), "loss/actor": actor_loss.detach()})
+            train_values.update(
+                {
+                    "loss/q": critic_loss.detach(),
+                    "loss/actor": actor_loss.detach(),
+                    "train/alpha": log_alpha.detach().exp(),
+                    "train/n_updates": n_updates,
+                }
+            )
 
-        # Log (tensors: one host copy per row)
-        if stepper.steps >= next_log or stepper.steps >= total:
-            next_log += hp.log_interval
-            metrics: dict[str, Any] = {"time/sps": session.timer.sps(stepper.steps)}
-            if n_updates:
-                metrics.update(losses)
-                metrics["train/alpha"] = log_alpha.detach().exp()
-                metrics["train/n_updates"] = n_updates
-            session.logger.log_metrics(metrics, stepper.steps)
+        # Log
+        log(stepper.steps, train_values)
 
     return Learned(modules={"actor": actor, "critic": critic}, steps=stepper.steps)
 

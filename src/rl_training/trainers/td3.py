@@ -27,6 +27,7 @@ from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.common import (
     EnvStepper,
     FlatOptimizer,
+    PeriodicLog,
     SavedModel,
     box_space,
     flatten_parameters,
@@ -73,9 +74,9 @@ def learn(session: Session) -> Learned:
     stepper = EnvStepper(session)
     total = session.config.total_timesteps
     n_updates = 0
-    losses: dict[str, torch.Tensor] = {}
+    train_values: dict[str, Any] = {}
+    log = PeriodicLog(session, hp.log_interval)
     iteration = 0
-    next_log = hp.log_interval
 
     while stepper.steps < total:
         iteration += 1
@@ -110,7 +111,7 @@ def learn(session: Session) -> Learned:
                 critic_loss = (q - target_q).square().mean(1).sum()
                 critic_opt.step(critic_loss)
                 n_updates += 1
-                losses["loss/q"] = critic_loss.detach()
+                train_values.update({"loss/q": critic_loss.detach(), "train/n_updates": n_updates})
 
                 # Delayed actor and target updates: maximise Q1(s, mu(s))
                 if n_updates % hp.policy_delay == 0:
@@ -118,16 +119,10 @@ def learn(session: Session) -> Learned:
                     actor_opt.step(actor_loss)
                     soft_update(critic_target_params, critic_opt.param, hp.tau)
                     soft_update(actor_target_params, actor_opt.param, hp.tau)
-                    losses["loss/actor"] = actor_loss.detach()
+                    train_values["loss/actor"] = actor_loss.detach()
 
-        # Log (tensors: one host copy per row)
-        if stepper.steps >= next_log or stepper.steps >= total:
-            next_log += hp.log_interval
-            metrics: dict[str, Any] = {"time/sps": session.timer.sps(stepper.steps)}
-            if n_updates:
-                metrics.update(losses)
-                metrics["train/n_updates"] = n_updates
-            session.logger.log_metrics(metrics, stepper.steps)
+        # Log
+        log(stepper.steps, train_values)
 
     return Learned(modules={"actor": actor, "critic": critic}, steps=stepper.steps)
 
