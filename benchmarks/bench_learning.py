@@ -10,9 +10,10 @@ Stable-Baselines3 reached on this machine.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 # algo -> (env id, budget, target median eval return, SB3's figures here)
@@ -25,9 +26,15 @@ CASES: dict[str, tuple[str, int, float, str]] = {
 }
 
 
-def one_run(algo: str, seed: int, root: str) -> tuple[str, int, float, float, int]:
+def one_run(algo: str, seed: int, root: str, threads: int) -> tuple[str, int, float, float, int]:
+    import torch
+
     from rl_training import TrainConfig
     from rl_training.trainers import evaluate, train
+
+    # Two runs side by side on two cores: one thread each, or OpenMP threads fight
+    # over the cores and every run crawls. (The results do not depend on it.)
+    torch.set_num_threads(threads)
 
     env_id, budget, _, _ = CASES[algo]
     config = TrainConfig(
@@ -49,9 +56,16 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, a, s, root) for a in args.algos for s in args.seeds]
-        results = [f.result() for f in futures]
+        futures = [
+            pool.submit(one_run, a, s, root, threads) for a in args.algos for s in args.seeds
+        ]
+        results = []
+        for future in as_completed(futures):
+            results.append(future.result())
+            algo, seed, score, wall, steps = results[-1]
+            print(f"  {algo} seed {seed}: {score:.1f} ({wall:.0f}s, {steps} steps)", flush=True)
     for algo in args.algos:
         env_id, budget, target, reference = CASES[algo]
         runs = sorted(r for r in results if r[0] == algo)
