@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from rl_training import hyperparams as hp_module
 from rl_training.config import ALGOS, DEFAULT_LOG_SINKS, TrainConfig
@@ -31,9 +31,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so the run closes ``"interrupted"``."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rl-train`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rl-train",
         description="Train a PyTorch RL agent on a gymnasium env, logging to pluggable sinks.",
         epilog="Hyperparameters per algorithm: rl-train --algo ALGO --list-hyperparams",
