@@ -332,10 +332,8 @@ class FlatOptimizer:
     ) -> None:
         self.param = flatten_parameters(modules)
         """All the parameters, flat; ``.grad`` is the flat gradient."""
-        if optimizer is torch.optim.Adam:
-            kwargs.setdefault("eps", 1e-5)  # SB3's default for every policy's Adam
-            if self.param.device.type in ("cpu", "cuda"):
-                kwargs.setdefault("fused", True)
+        if optimizer is torch.optim.Adam and self.param.device.type in ("cpu", "cuda"):
+            kwargs.setdefault("fused", True)
         self.optimizer = optimizer([self.param], **kwargs)
 
     def set_lr(self, lr: float) -> None:

@@ -44,7 +44,7 @@ def learn(session: Session) -> Learned:
     n_envs = hp.num_envs
 
     agent = ActorCritic(obs_space, act_space, hp.net_arch).to(device)
-    optimizer = FlatOptimizer([agent], torch.optim.Adam, lr=hp.learning_rate)
+    optimizer = FlatOptimizer([agent], torch.optim.Adam, lr=hp.learning_rate, eps=1e-5)
     buffer = RolloutBuffer(
         hp.n_steps, n_envs, obs_dim(obs_space), agent.action_shape, agent.discrete, device
     )
