@@ -161,3 +161,14 @@ def test_resolve_keeps_the_requested_order(plugin_manager):
     """resolve() returns sinks in the order they were named."""
     catalog = discover_sinks(plugin_manager)
     assert [i.name for i in catalog.resolve(["tensorboard", "json"])] == ["tensorboard", "json"]
+
+
+def test_two_packages_with_one_entry_point_name_are_both_loaded(install_plugin):
+    """One entry-point name in two distributions: both load, and their sink clash is loud."""
+    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording-fork", RECORDING_PLUGIN, entry_name="recording")
+    with pytest.warns(
+        SinkNameConflictWarning, match="rl-training-recording 1.0.*rl-training-recording-fork 1.0"
+    ):
+        catalog = discover_sinks()
+    assert "recording" in catalog.conflicts

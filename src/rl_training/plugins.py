@@ -146,10 +146,16 @@ class PluginManager(pluggy.PluginManager):
                 if ep.group != hookspecs.PROJECT_NAME or (ep.name, ep.value) in seen:
                     continue
                 seen.add((ep.name, ep.value))  # a dist found twice on sys.path loads once
-                if self.get_plugin(ep.name) is not None or self.is_blocked(ep.name):
+                if self.is_blocked(ep.name):
                     continue
+                # Two packages may pick one entry-point name: load both (their sink
+                # names are then checked for clashes) rather than silently keep one.
+                name = ep.name if self.get_plugin(ep.name) is None else f"{ep.name} ({dist_name})"
                 try:
-                    self.register(ep.load(), name=ep.name)
+                    plugin = ep.load()
+                    if self.is_registered(plugin):  # one module behind two entry points
+                        continue
+                    self.register(plugin, name=name)
                 except Exception as error:  # noqa: BLE001  # any broken plugin, reported
                     failure = PluginFailure(
                         entry_point=f"{ep.name} = {ep.value}",
@@ -164,7 +170,7 @@ class PluginManager(pluggy.PluginManager):
                         stacklevel=3,
                     )
                     continue
-                self._distributions[ep.name] = (dist_name, dist.version or "?")
+                self._distributions[name] = (dist_name, dist.version or "?")
 
 
 def get_plugin_manager(*, autoload: bool | None = None) -> PluginManager:
