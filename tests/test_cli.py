@@ -227,3 +227,19 @@ def test_sigkill_leaves_whole_lines_and_intact_config(tmp_path):
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert len(rows) > 10
     assert json.loads((run_dir / "config.json").read_text())["algo"] == "ppo"
+
+
+def test_progress_lines_when_not_a_terminal():
+    """Off a terminal, progress is a plain line with steps, steps/s, mean return and time left."""
+    import io
+
+    from rl_training.cli import Progress
+
+    stream = io.StringIO()
+    progress = Progress(total=1000, stream=stream, interval=0.0)
+    progress({"episode/return": 10.0, "episode/length": 10}, 100)
+    progress({"episode/return": 20.0, "episode/length": 20}, 200)
+    progress({"time/sps": 400.0, "loss/value": 1.0}, 400)
+    progress.close()
+    last = stream.getvalue().splitlines()[-1]
+    assert last == "steps 400/1000 (40%) | 400 steps/s | mean return 15.00 | time left 2s"
