@@ -44,11 +44,6 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVector
     return envs
 
 
-def final_observations(infos: Mapping[str, Any], mask: np.ndarray) -> np.ndarray:
-    """The last observations of the sub-envs in ``mask`` whose episodes just ended."""
-    return np.stack([infos["final_obs"][i] for i in np.flatnonzero(mask)])
-
-
 class EpisodeTracker:
     """Sums rewards per sub-env and logs ``episode/return`` and ``episode/length``.
 
