@@ -145,3 +145,15 @@ def test_to_dict_is_json_shaped(tmp_path):
     assert data["output_dir"] == str(tmp_path)
     assert data["resolved_hyperparams"]["n_epochs"] == 3
     assert data["log_sinks"] == ["json", "tensorboard"]
+
+
+def test_config_pickles_copies_and_converts():
+    """A config can go to a worker process, be deep-copied, replaced and turned into a dict."""
+    import copy
+    import pickle
+
+    config = TrainConfig(**REQUIRED, hyperparams={"n_steps": 32})
+    assert pickle.loads(pickle.dumps(config)) == config
+    assert copy.deepcopy(config) == config
+    assert dataclasses.replace(config, seed=5).hyperparams == {"n_steps": 32}
+    assert dataclasses.asdict(config)["hyperparams"] == {"n_steps": 32}

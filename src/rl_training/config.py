@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +77,7 @@ class TrainConfig:
             )
         # Built once here so that a bad key or value fails now, not mid-run.
         _hp.build(self.algo, self.hyperparams)
-        object.__setattr__(self, "hyperparams", types.MappingProxyType(dict(self.hyperparams)))
+        object.__setattr__(self, "hyperparams", ReadOnlyDict(self.hyperparams))
 
     def algo_hyperparams(self) -> Any:
         """The algorithm's hyperparameter dataclass with ``hyperparams`` applied."""
@@ -97,6 +96,34 @@ class TrainConfig:
             "hyperparams": dict(self.hyperparams),
             "resolved_hyperparams": dataclasses.asdict(self.algo_hyperparams()),
         }
+
+
+class ReadOnlyDict(Mapping[str, Any]):
+    """A read-only copy of a mapping that still pickles and deep-copies.
+
+    ``types.MappingProxyType`` would be read-only too, but it cannot be pickled, so a
+    config could not be sent to a worker process or passed to ``dataclasses.asdict``.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __reduce__(self) -> tuple[type[ReadOnlyDict], tuple[dict[str, Any]]]:
+        return (type(self), (self._data,))
 
 
 def _require_int(name: str, value: object, *, minimum: int) -> None:
