@@ -116,6 +116,12 @@ class EnvStepper:
         """The current observations, ``(num_envs, obs_size)`` on the device."""
         self.steps = 0
         """Environment steps so far, summed over environments."""
+        self._num_envs: int = session.envs.num_envs
+
+    @property
+    def vector_steps(self) -> int:
+        """Calls to ``step`` so far (environment steps per environment)."""
+        return self.steps // self._num_envs
 
     def step(self, actions: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
         """Step every env; return ``(real next obs, reward, terminated, truncated)``."""

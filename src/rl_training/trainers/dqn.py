@@ -63,12 +63,10 @@ def learn(session: Session) -> Learned:
     n_updates = 0
     train_values: dict[str, Any] = {}
     log = PeriodicLog(session, hp.log_interval)
-    iteration = 0
     # Counted in vector steps, as SB3 does: max(interval // num_envs, 1)
     target_every = max(hp.target_update_interval // hp.num_envs, 1)
 
     while stepper.steps < total:
-        iteration += 1
         # Collect: epsilon-greedy (random actions only until learning_starts)
         eps = linear_schedule(
             hp.exploration_initial_eps,
@@ -88,7 +86,7 @@ def learn(session: Session) -> Learned:
         buffer.add(obs, next_obs, action, reward, terminated, truncated)
 
         # Optimise
-        if stepper.steps > hp.learning_starts and iteration % hp.train_freq == 0:
+        if stepper.steps > hp.learning_starts and stepper.vector_steps % hp.train_freq == 0:
             for _ in range(hp.gradient_steps):
                 batch = buffer.sample(hp.batch_size, g)
                 with torch.no_grad():
@@ -106,7 +104,7 @@ def learn(session: Session) -> Learned:
             }
 
         # Target network (every target_update_interval environment steps)
-        if iteration % target_every == 0:
+        if stepper.vector_steps % target_every == 0:
             soft_update(target_params, optimizer.param, hp.tau)
 
         # Log

@@ -127,10 +127,8 @@ def learn(session: Session) -> Learned:
     n_updates = 0
     train_values: dict[str, Any] = {}
     log = PeriodicLog(session, hp.log_interval)
-    iteration = 0
 
     while stepper.steps < total:
-        iteration += 1
         # Collect: uniform random actions until learning_starts, then the policy
         obs = stepper.obs
         if stepper.steps < hp.learning_starts:
@@ -142,7 +140,7 @@ def learn(session: Session) -> Learned:
         buffer.add(obs, next_obs, action, reward, terminated, truncated)
 
         # Optimise
-        if stepper.steps >= hp.learning_starts and iteration % hp.train_freq == 0:
+        if stepper.steps >= hp.learning_starts and stepper.vector_steps % hp.train_freq == 0:
             for _ in range(hp.gradient_steps):
                 batch = buffer.sample(hp.batch_size, g)
                 alpha = log_alpha.detach().exp()
