@@ -9,7 +9,8 @@ import pytest
 
 import rl_training
 from rl_training.config import ALGOS, TrainConfig
-from rl_training.hyperparams import HYPERPARAMS, PPOHyperparams, SACHyperparams, build
+from rl_training.hyperparams import PPOHyperparams, SACHyperparams
+from rl_training.registry import ALGORITHMS, get_spec
 
 REQUIRED = {"algo": "ppo", "env_id": "CartPole-v1", "seed": 1, "total_timesteps": 10}
 
@@ -113,7 +114,7 @@ def test_bad_hyperparameter_value_names_it(overrides, fragment):
 
 def test_hyperparameters_are_typed_by_their_defaults():
     """Ints are accepted for floats, lists for tuples, integral floats for ints."""
-    hp = build("ppo", {"learning_rate": 1, "net_arch": [32], "n_steps": 16.0})
+    hp = get_spec("ppo").build_hyperparams({"learning_rate": 1, "net_arch": [32], "n_steps": 16.0})
     assert isinstance(hp, PPOHyperparams)
     assert hp.learning_rate == 1.0 and type(hp.learning_rate) is float
     assert hp.net_arch == (32,)
@@ -122,8 +123,8 @@ def test_hyperparameters_are_typed_by_their_defaults():
 
 def test_sac_ent_coef_takes_auto_or_a_number():
     """SAC's ent_coef is 'auto', 'auto_<x>' or a positive number."""
-    assert build("sac", {"ent_coef": "auto_0.1"}).ent_coef == "auto_0.1"
-    assert build("sac", {"ent_coef": 0.2}).ent_coef == 0.2
+    assert get_spec("sac").build_hyperparams({"ent_coef": "auto_0.1"}).ent_coef == "auto_0.1"
+    assert get_spec("sac").build_hyperparams({"ent_coef": 0.2}).ent_coef == 0.2
     for bad in ("manual", "auto_x", -0.1):
         with pytest.raises(ValueError, match="ent_coef"):
             SACHyperparams(ent_coef=bad)
@@ -131,11 +132,11 @@ def test_sac_ent_coef_takes_auto_or_a_number():
 
 def test_every_algorithm_has_documented_hyperparameters():
     """Each algorithm's hyperparameter class builds with defaults and documents num_envs."""
-    assert tuple(HYPERPARAMS) == ALGOS == ("ppo", "a2c", "dqn", "sac", "td3")
-    for algo, cls in HYPERPARAMS.items():
-        names = {f.name for f in dataclasses.fields(cls)}
-        assert {"num_envs", "learning_rate", "gamma"} <= names, algo
-        build(algo, {})
+    assert tuple(ALGORITHMS) == ALGOS == ("ppo", "a2c", "dqn", "sac", "td3")
+    for algo, spec in ALGORITHMS.items():
+        names = {f.name for f in dataclasses.fields(spec.hyperparams)}
+        assert {"num_envs", "learning_rate", "gamma", "log_interval"} <= names, algo
+        assert spec.build_hyperparams({}) == spec.hyperparams()
 
 
 def test_to_dict_is_json_shaped(tmp_path):

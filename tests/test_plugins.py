@@ -8,7 +8,6 @@ import pluggy
 import pytest
 
 import rl_training
-from conftest import RECORDING_PLUGIN
 from rl_training import hookspecs
 from rl_training.plugins import (
     DEFAULT_PLUGINS,
@@ -19,6 +18,7 @@ from rl_training.plugins import (
     get_plugin_manager,
 )
 from rl_training.runtime.run_utils import create_training_run
+from rl_training.testing import RECORDING_SINK_PLUGIN
 
 
 def test_markers_use_the_project_name():
@@ -54,7 +54,9 @@ def test_each_call_gives_a_fresh_manager():
 
 def test_entry_point_plugin_is_discovered_with_its_distribution(install_plugin):
     """A distribution's rl_training entry point adds its sinks, credited to it."""
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording", version="2.5")
+    install_plugin(
+        "rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording", version="2.5"
+    )
     sinks = available_sinks()
     info = sinks["recording"]
     assert (info.distribution, info.version, info.plugin) == (
@@ -67,7 +69,7 @@ def test_entry_point_plugin_is_discovered_with_its_distribution(install_plugin):
 
 def test_autoload_can_be_disabled(install_plugin, monkeypatch):
     """RL_TRAINING_DISABLE_PLUGIN_AUTOLOAD=1 loads the built-in sinks only."""
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording")
     monkeypatch.setenv("RL_TRAINING_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert set(available_sinks()) == {"json", "tensorboard"}
     monkeypatch.setenv("RL_TRAINING_DISABLE_PLUGIN_AUTOLOAD", "0")
@@ -77,7 +79,7 @@ def test_autoload_can_be_disabled(install_plugin, monkeypatch):
 def test_broken_import_warns_and_the_rest_load(install_plugin):
     """A plugin that fails to import is named in a warning; every other sink still works."""
     install_plugin("rl-training-broken", "raise ImportError('needs libfoo')\n", entry_name="broken")
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording")
     with pytest.warns(
         PluginLoadWarning, match=r"'broken = .*' from rl-training-broken 1.0.*needs libfoo"
     ):
@@ -147,8 +149,8 @@ def test_duplicate_name_warns_and_refuses_only_that_name(install_plugin, tiny_co
 
 def test_two_third_party_plugins_clashing(install_plugin):
     """A clash between two third-party packages names both of them."""
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
-    install_plugin("rl-training-recording2", RECORDING_PLUGIN, entry_name="recording2")
+    install_plugin("rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording2", RECORDING_SINK_PLUGIN, entry_name="recording2")
     with pytest.warns(
         SinkNameConflictWarning, match="rl-training-recording 1.0.*rl-training-recording2 1.0"
     ):
@@ -165,8 +167,8 @@ def test_resolve_keeps_the_requested_order(plugin_manager):
 
 def test_two_packages_with_one_entry_point_name_are_both_loaded(install_plugin):
     """One entry-point name in two distributions: both load, and their sink clash is loud."""
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
-    install_plugin("rl-training-recording-fork", RECORDING_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording-fork", RECORDING_SINK_PLUGIN, entry_name="recording")
     with pytest.warns(
         SinkNameConflictWarning, match="rl-training-recording 1.0.*rl-training-recording-fork 1.0"
     ):

@@ -6,18 +6,17 @@ import json
 import multiprocessing
 import os
 import sys
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from conftest import RECORDING_PLUGIN
 from rl_training.runtime.run_utils import (
     SinkCreationError,
     create_run_context,
     create_training_run,
 )
-from rl_training.testing import read_jsonl
+from rl_training.testing import RECORDING_SINK_PLUGIN, read_jsonl
 
 
 def test_create_run_context_exposes_tensorboard_directory(tiny_config):
@@ -34,12 +33,14 @@ def test_create_run_context_exposes_tensorboard_directory(tiny_config):
 
 def test_run_directory_name_is_readable(tiny_config):
     """The name holds algorithm, env id, seed, UTC time and suffix."""
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     context = create_run_context(tiny_config(seed=7), run_suffix="trial-1")
+    after = datetime.now(timezone.utc)
     name = context.run_dir.name
     assert name.startswith("ppo-CartPole-v1-s7-")
     assert name.endswith("-trial-1")
-    stamp = name.split("-")[4]
-    assert time.strftime("%Y%m%dT", time.gmtime()) in stamp
+    stamp = datetime.strptime(name.split("-")[4], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    assert before <= stamp <= after  # holds across midnight, unlike comparing dates
 
 
 def test_same_instant_calls_get_different_directories(tiny_config):
@@ -218,7 +219,7 @@ def test_failing_sink_factory_names_the_sink_and_leaves_nothing(tiny_config, ins
 
 def test_plugin_sink_receives_status_on_close(tiny_config, install_plugin):
     """A third-party sink from an entry point gets config, metrics and the closing status."""
-    install_plugin("rl-training-recording", RECORDING_PLUGIN, entry_name="recording")
+    install_plugin("rl-training-recording", RECORDING_SINK_PLUGIN, entry_name="recording")
     with (
         pytest.raises(KeyboardInterrupt),
         create_training_run(tiny_config(log_sinks=("recording",))) as run,

@@ -15,20 +15,17 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from rl_training import hyperparams as hp_module
-from rl_training.config import ALGOS, DEFAULT_LOG_SINKS, TrainConfig
+from rl_training.config import DEFAULT_LOG_SINKS, TrainConfig
 from rl_training.errors import ConfigError
+from rl_training.registry import ALGOS, get_spec
+from rl_training.runtime.signals import Terminated, stop_on_signals
 
 EXIT_BAD_INPUT = 2
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so the run closes ``"interrupted"``."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,7 +121,8 @@ def parse_hyperparams(algo: str, pairs: Sequence[str]) -> dict[str, Any]:
         ConfigError: not ``KEY=VALUE``, an unknown key (the valid ones are listed), or a
             value that does not read as the key's type.
     """
-    types = hp_module.field_types(hp_module.HYPERPARAMS[algo])
+    spec = get_spec(algo)
+    types = hp_module.field_types(spec.hyperparams)
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -134,7 +132,7 @@ def parse_hyperparams(algo: str, pairs: Sequence[str]) -> dict[str, Any]:
         if key not in types:
             raise ConfigError(
                 f"--hp: unknown hyperparameter {key!r} for {algo!r}; valid: "
-                f"{', '.join(hp_module.field_names(algo))}"
+                f"{', '.join(spec.hyperparam_names)}"
             )
         overrides[key] = _parse_value(key, text.strip(), types[key])
     return overrides
@@ -221,7 +219,7 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
     """Print ``algo``'s hyperparameters with their defaults."""
     if algo is None:
         raise ConfigError(f"--list-hyperparams needs --algo (one of {', '.join(ALGOS)})")
-    for f in dataclasses.fields(hp_module.HYPERPARAMS[algo]):
+    for f in get_spec(algo).hyperparam_fields():
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         print(f"{f.name}={shown}", file=out)
@@ -230,29 +228,22 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
 
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     # Imported here: --help, --list-sinks and bad input stay fast without torch.
-    from rl_training.runtime.device import resolve_device
     from rl_training.runtime.run_utils import create_training_run
-    from rl_training.trainers import algorithm, fit
+    from rl_training.trainers import fit
 
-    algorithm(config.algo)
-    resolve_device(config.device)
     run = create_training_run(config, args.run_suffix)  # checks everything before disk
     progress = None if args.quiet else Progress(config.total_timesteps, sys.stderr)
-    previous = {
-        sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    if progress is not None:
+        run.logger.add_observer(progress)
     try:
-        with run:
-            result = fit(run, progress=progress)
+        with stop_on_signals(), run:
+            result = fit(run)
     except KeyboardInterrupt as interrupt:
         if progress is not None:
             progress.close()
         print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
         print(run.run_dir, flush=True)
         return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if progress is not None:
         progress.close()
     mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
@@ -262,19 +253,6 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    from rl_training.experiment.logging import raise_interrupt
-
-    _ignore_signals()  # a second signal must not cut the closing of the sinks short
-    # Held back while a row is between sinks, so every sink ends with the same rows.
-    raise_interrupt(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
-
-
-def _ignore_signals() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
 
 
 class Progress:

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rl_training import hyperparams as _hp
 from rl_training.errors import ConfigError
-
-ALGOS: tuple[str, ...] = tuple(_hp.HYPERPARAMS)
-"""The algorithms ``TrainConfig.algo`` accepts."""
+from rl_training.hyperparams import Hyperparams
+from rl_training.registry import ALGOS, AlgorithmSpec, get_spec
 
 DEFAULT_LOG_SINKS: tuple[str, ...] = ("json", "tensorboard")
 """Sinks a run logs to unless told otherwise."""
@@ -51,8 +49,7 @@ class TrainConfig:
     """Overrides of the algorithm's hyperparameters (see :mod:`rl_training.hyperparams`)."""
 
     def __post_init__(self) -> None:
-        if self.algo not in ALGOS:
-            raise ConfigError(f"algo: {self.algo!r} is not one of {', '.join(map(repr, ALGOS))}")
+        spec = get_spec(self.algo)
         if not isinstance(self.env_id, str) or not self.env_id.strip():
             raise ConfigError(
                 f"env_id: {self.env_id!r} is not a gymnasium environment id "
@@ -73,15 +70,25 @@ class TrainConfig:
             raise ConfigError(
                 f"hyperparams: {self.hyperparams!r} is not a mapping of hyperparameter "
                 f"names to values; valid keys for {self.algo!r}: "
-                f"{', '.join(_hp.field_names(self.algo))}"
+                f"{', '.join(spec.hyperparam_names)}"
             )
-        # Built once here so that a bad key or value fails now, not mid-run.
-        _hp.build(self.algo, self.hyperparams)
+        # Built once, here, so that a bad key or value fails now, not mid-run; kept
+        # (not a field: it is derived) for everything downstream.
+        object.__setattr__(self, "_resolved", spec.build_hyperparams(self.hyperparams))
         object.__setattr__(self, "hyperparams", ReadOnlyDict(self.hyperparams))
 
-    def algo_hyperparams(self) -> Any:
-        """The algorithm's hyperparameter dataclass with ``hyperparams`` applied."""
-        return _hp.build(self.algo, self.hyperparams)
+    @property
+    def spec(self) -> AlgorithmSpec:
+        """The algorithm's entry in :data:`rl_training.registry.ALGORITHMS`."""
+        return get_spec(self.algo)
+
+    def algo_hyperparams(self) -> Hyperparams:
+        """The algorithm's hyperparameter dataclass with ``hyperparams`` applied.
+
+        Built once when the config was made; frozen, so it is shared.
+        """
+        resolved: Hyperparams = self.__dict__["_resolved"]
+        return resolved
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-shaped view: every field, plus the resolved hyperparameters."""

@@ -1,8 +1,9 @@
 """Hyperparameters of every algorithm, one frozen dataclass each.
 
 They live here rather than beside each trainer so that :class:`~rl_training.TrainConfig`
-can validate ``hyperparams`` overrides (and ``rl-train --hp``) without importing torch.
-Names follow Stable-Baselines3 wherever it has one, plus ``num_envs``.
+can validate ``hyperparams`` overrides (and ``rl-train --hp``) without importing torch;
+:mod:`rl_training.registry` names each algorithm's class. Names follow
+Stable-Baselines3 wherever it has one, plus ``num_envs``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeAlias, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from rl_training.errors import ConfigError
 
@@ -58,7 +59,38 @@ class _Common:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PPOHyperparams(_Common):
+class _OnPolicy(_Common):
+    """Fields the rollout algorithms (PPO, A2C) share."""
+
+    anneal_lr: bool = False
+    """Linearly decay the learning rate to 0 over ``total_timesteps``."""
+    n_steps: int = 128
+    """Steps collected per environment between updates."""
+    gae_lambda: float = 0.95
+    """GAE lambda (Schulman et al. 2016, arXiv:1506.02438)."""
+    normalize_advantage: bool = True
+    """Normalise advantages (per minibatch)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip."""
+    log_interval: int = 1
+    """Environment steps between rows of ``loss/``, ``train/`` and ``time/sps``: a row
+    follows the first update at or past each multiple (1: every update), and the last."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("n_steps", "max_grad_norm", "log_interval"):
+            _positive(name, getattr(self, name))
+        for name in ("ent_coef", "vf_coef"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("gae_lambda", self.gae_lambda)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PPOHyperparams(_OnPolicy):
     """Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347)."""
 
     num_envs: int = 4
@@ -67,68 +99,43 @@ class PPOHyperparams(_Common):
     """Adam step size (annealed linearly to 0 when ``anneal_lr``)."""
     anneal_lr: bool = True
     """Linearly decay the learning rate to 0 over ``total_timesteps``."""
-    n_steps: int = 128
-    """Steps collected per environment between updates."""
     batch_size: int = 128
     """Minibatch size of each gradient step."""
     n_epochs: int = 10
     """Passes over the rollout per update."""
-    gae_lambda: float = 0.95
-    """GAE lambda (Schulman et al. 2016, arXiv:1506.02438)."""
     clip_range: float = 0.2
     """Surrogate clipping range epsilon (PPO paper, eq. 7)."""
-    normalize_advantage: bool = True
-    """Normalise advantages per minibatch."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_steps", "batch_size", "n_epochs", "clip_range", "max_grad_norm"):
+        for name in ("batch_size", "n_epochs", "clip_range"):
             _positive(name, getattr(self, name))
-        for name in ("ent_coef", "vf_coef"):
-            _non_negative(name, getattr(self, name))
-        _unit_interval("gae_lambda", self.gae_lambda)
 
 
 @dataclass(frozen=True, kw_only=True)
-class A2CHyperparams(_Common):
+class A2CHyperparams(_OnPolicy):
     """Advantage Actor-Critic, synchronous A3C (Mnih et al. 2016, arXiv:1602.01783)."""
 
     num_envs: int = 8
     """Number of parallel environments."""
     learning_rate: float = 7e-4
     """RMSprop step size (annealed linearly to 0 when ``anneal_lr``)."""
-    anneal_lr: bool = False
-    """Linearly decay the learning rate to 0 over ``total_timesteps``."""
     n_steps: int = 5
     """Steps collected per environment between updates (the n of n-step returns)."""
     gae_lambda: float = 1.0
     """GAE lambda; 1.0 gives plain n-step advantages."""
-    ent_coef: float = 0.0
-    """Entropy bonus coefficient."""
-    vf_coef: float = 0.5
-    """Value loss coefficient."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip."""
     normalize_advantage: bool = False
     """Normalise advantages per update."""
+    log_interval: int = 4_000
+    """Environment steps between rows of ``loss/``, ``train/`` and ``time/sps``: a row
+    follows the first update at or past each multiple, and the last (4,000 = every
+    100 updates with the default 8 envs x 5 steps, SB3's cadence)."""
     rms_prop_eps: float = 1e-5
     """RMSprop epsilon (SB3's default, after the original A2C)."""
-    log_interval: int = 100
-    """Updates between rows of ``loss/``, ``train/`` and ``time/sps`` (and after the last)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("n_steps", "max_grad_norm", "rms_prop_eps", "log_interval"):
-            _positive(name, getattr(self, name))
-        for name in ("ent_coef", "vf_coef"):
-            _non_negative(name, getattr(self, name))
-        _unit_interval("gae_lambda", self.gae_lambda)
+        _positive("rms_prop_eps", self.rms_prop_eps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,6 +164,12 @@ class _OffPolicy(_Common):
         for name in ("learning_starts", "gradient_steps"):
             _non_negative(name, getattr(self, name))
         _unit_interval("tau", self.tau)
+
+    def trains_after(self, steps: int, vector_steps: int) -> bool:
+        """Whether a training phase follows the vector step that brought the run to
+        ``steps`` environment steps: once ``learning_starts`` transitions are stored,
+        every ``train_freq`` vector steps. The one rule of every off-policy trainer."""
+        return steps >= self.learning_starts and vector_steps % self.train_freq == 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,16 +259,7 @@ Hyperparams: TypeAlias = (
 )
 """Any algorithm's hyperparameter dataclass."""
 
-HYPERPARAMS: Mapping[str, type[Any]] = types.MappingProxyType(
-    {
-        "ppo": PPOHyperparams,
-        "a2c": A2CHyperparams,
-        "dqn": DQNHyperparams,
-        "sac": SACHyperparams,
-        "td3": TD3Hyperparams,
-    }
-)
-"""Algorithm name -> its hyperparameter dataclass (the order is the CLI's)."""
+H = TypeVar("H")
 
 
 def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
@@ -280,9 +284,9 @@ def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
         _positive(name, value)
 
 
-def field_names(algo: str) -> tuple[str, ...]:
-    """The hyperparameter names that ``algo`` accepts, in declaration order."""
-    return tuple(f.name for f in dataclasses.fields(HYPERPARAMS[algo]))
+def field_names(cls: type[Any]) -> tuple[str, ...]:
+    """The hyperparameter names of the dataclass ``cls``, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def field_types(cls: type[Any]) -> dict[str, Any]:
@@ -340,18 +344,17 @@ def describe(annotation: Any) -> str:
     )
 
 
-def build(algo: str, overrides: Mapping[str, Any]) -> Any:
-    """The hyperparameter dataclass of ``algo`` with ``overrides`` applied.
+def build(cls: type[H], overrides: Mapping[str, Any], *, algo: str) -> H:
+    """The hyperparameter dataclass ``cls`` (of algorithm ``algo``) with ``overrides``.
 
     Raises:
         ValueError: an unknown key (the message lists the valid ones) or a bad value.
     """
-    cls = HYPERPARAMS[algo]
-    unknown = sorted(set(overrides) - set(field_names(algo)))
+    unknown = sorted(set(overrides) - set(field_names(cls)))
     if unknown:
         raise ConfigError(
             f"hyperparams: unknown key(s) {', '.join(map(repr, unknown))} for algo "
-            f"{algo!r}; valid keys: {', '.join(field_names(algo))}"
+            f"{algo!r}; valid keys: {', '.join(field_names(cls))}"
         )
     return cls(**overrides)  # __post_init__ coerces and range-checks every field
 
@@ -365,7 +368,6 @@ def _check_types(instance: Any) -> None:
 
 
 __all__ = [
-    "HYPERPARAMS",
     "A2CHyperparams",
     "DQNHyperparams",
     "Hyperparams",

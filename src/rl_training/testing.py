@@ -13,10 +13,14 @@ This module imports pytest; the runtime never imports it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
+import sys
+import textwrap
 import types
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -87,6 +91,111 @@ def read_scalars(tb_dir: str | os.PathLike[str]) -> dict[str, list[tuple[int, fl
         tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
         for tag in accumulator.Tags()["scalars"]
     }
+
+
+WALL_CLOCK_KEYS: frozenset[str] = frozenset({"time", "time/sps"})
+"""Row fields that differ between two otherwise identical runs."""
+
+
+def without_wall_clock(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` without :data:`WALL_CLOCK_KEYS`, for comparing runs."""
+    return [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS} for row in rows]
+
+
+def assert_sinks_agree(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Assert that a run's ``metrics.jsonl`` and TensorBoard hold the same points.
+
+    Every JSONL line must be strict JSON with a step that never decreases; every
+    metric must have the same steps and values (to float32 precision) in both.
+
+    Returns:
+        The ``metrics.jsonl`` rows.
+    """
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(steps), "step must never decrease"
+    scalars = read_scalars(run_dir / "tensorboard")
+    keys = set().union(*rows) - {"step", "time"}
+    assert keys == set(scalars), keys ^ set(scalars)
+    for key in keys:
+        json_points = [(row["step"], decode_json_number(row[key])) for row in rows if key in row]
+        tb_points = scalars[key]
+        assert [s for s, _ in tb_points] == [s for s, _ in json_points], key
+        for (_, a), (_, b) in zip(json_points, tb_points, strict=True):
+            a = float(a)
+            assert (
+                (math.isnan(a) and math.isnan(b)) or b == a or abs(b - a) <= 1e-6 * max(1.0, abs(a))
+            ), (key, a, b)
+    return rows
+
+
+RECORDING_SINK_PLUGIN = """
+    import rl_training
+
+    class RecordingSink:
+        def __init__(self, run_context):
+            self.path = run_context.run_dir / "recording.txt"
+            self.path.write_text("")
+
+        def log_config(self, config):
+            with open(self.path, "a") as f:
+                f.write(f"config {sorted(config)}\\n")
+
+        def log_metrics(self, metrics, step):
+            with open(self.path, "a") as f:
+                f.write(f"metrics {step} {sorted(metrics.items())}\\n")
+
+        def close(self, status="finished"):
+            with open(self.path, "a") as f:
+                f.write(f"close {status}\\n")
+
+    @rl_training.hookimpl
+    def rl_training_log_sinks():
+        return {"recording": RecordingSink}
+"""
+"""Source of a plugin module offering a ``recording`` sink that writes what it gets to
+``recording.txt`` (for :class:`PluginInstaller`)."""
+
+
+class PluginInstaller:
+    """Installs real throwaway plugin distributions: a module and a ``*.dist-info``
+    with ``entry_points.txt``, in a directory put first on ``sys.path``.
+
+    Args:
+        root: A new directory to install into.
+        monkeypatch: Undoes the ``sys.path`` change after the test.
+    """
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.modules: list[str] = []
+        root.mkdir()
+        monkeypatch.syspath_prepend(str(root))
+
+    def install(
+        self, dist_name: str, source: str, *, entry_name: str | None = None, version: str = "1.0"
+    ) -> str:
+        """Install a one-module distribution whose ``rl_training`` entry point is that
+        module; return the module's (unique) name."""
+        module = f"{dist_name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        (self.root / f"{module}.py").write_text(textwrap.dedent(source))
+        info = self.root / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n"
+        )
+        (info / "entry_points.txt").write_text(
+            f"[rl_training]\n{entry_name or dist_name} = {module}\n"
+        )
+        importlib.invalidate_caches()
+        self.modules.append(module)
+        return module
+
+    def uninstall_all(self) -> None:
+        """Forget the installed modules (the directory goes with the test's tmp_path)."""
+        for module in self.modules:
+            sys.modules.pop(module, None)
 
 
 def _snapshot(root: Path) -> set[Path]:

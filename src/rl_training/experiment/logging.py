@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, runtime_check
 
 import numpy as np
 
+from rl_training.runtime.signals import ROW_GUARD, raise_interrupt
+
 if TYPE_CHECKING:
     import torch
 
-    from rl_training.runtime.run_utils import RunContext
+    from rl_training.runtime.context import RunContext
 
 ScalarLike: TypeAlias = Union[bool, int, float, "np.generic", "np.ndarray", "torch.Tensor"]
 """A metric value: a Python or numpy real/bool scalar, or a one-element array or
@@ -77,45 +79,9 @@ class Sink(Protocol):
 SinkFactory: TypeAlias = Callable[["RunContext"], Sink]
 """``factory(run_context) -> Sink``: what a plugin offers under a sink name."""
 
-
-class _RowGuard:
-    """Makes each fan-out all-or-nothing with respect to interrupts.
-
-    A signal handler that calls :func:`raise_interrupt` while a row is being handed
-    to the sinks has its exception held until every sink has that row, so an
-    interrupted run never leaves a row in ``metrics.jsonl`` that TensorBoard lacks.
-    Signal handlers run on the main thread, between bytecodes: a counter and a slot
-    suffice, no lock.
-    """
-
-    depth = 0
-    pending: BaseException | None = None
-
-    def __enter__(self) -> None:
-        _RowGuard.depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        _RowGuard.depth -= 1
-        if _RowGuard.depth == 0 and _RowGuard.pending is not None:
-            pending, _RowGuard.pending = _RowGuard.pending, None
-            raise pending
-
-
-_ROW_GUARD = _RowGuard()
-
-
-def raise_interrupt(exception: BaseException) -> None:
-    """Raise ``exception`` now, or, inside a fan-out, as soon as every sink has the row.
-
-    For signal handlers (``rl-train`` installs one for SIGINT and SIGTERM): Python's
-    default Ctrl-C handler raises ``KeyboardInterrupt`` wherever the main thread is,
-    which can be between two sinks.
-    """
-    if _RowGuard.depth:
-        if _RowGuard.pending is None:
-            _RowGuard.pending = exception
-        return
-    raise exception
+RowObserver: TypeAlias = Callable[[Mapping[str, Scalar], int], None]
+"""``observer(metrics, step)``: sees each normalised row after every sink has it
+(``rl-train``'s progress display is one)."""
 
 
 class SinkFailureWarning(RuntimeWarning):
@@ -135,6 +101,7 @@ class CompositeLogger:
         self._sinks: dict[str, Sink] = dict(sinks)
         self._strict = strict
         self._closed = False
+        self._observers: list[RowObserver] = []
         # Decided once: whether each sink's close() takes the status keyword.
         self._close_takes_status = {name: _accepts_status(s) for name, s in self._sinks.items()}
 
@@ -142,6 +109,14 @@ class CompositeLogger:
     def sink_names(self) -> tuple[str, ...]:
         """Names of the sinks still receiving calls."""
         return tuple(self._sinks)
+
+    def add_observer(self, observer: RowObserver) -> None:
+        """Show every later row to ``observer``, after the sinks, with plain values.
+
+        An observer is not a sink: it writes nothing of the run, and an error it
+        raises propagates to the caller of ``log_metrics``.
+        """
+        self._observers.append(observer)
 
     @property
     def closed(self) -> bool:
@@ -177,6 +152,8 @@ class CompositeLogger:
         plain = normalize_metrics(metrics)
         if plain:
             self._fan_out("log_metrics", plain, plain_step)
+            for observer in self._observers:
+                observer(plain, plain_step)
 
     def close(self, status: str = "finished") -> None:
         """Close every sink (passing ``status`` where its ``close`` accepts it).
@@ -224,7 +201,7 @@ class CompositeLogger:
 
     def _fan_out(self, method: str, *args: Any) -> None:
         first_error: BaseException | None = None
-        with _ROW_GUARD:  # an interrupt waits until every sink has this call
+        with ROW_GUARD:  # an interrupt waits until every sink has this call
             for name, sink in list(self._sinks.items()):
                 try:
                     getattr(sink, method)(*args)
@@ -464,6 +441,7 @@ __all__ = [
     "CompositeLogger",
     "Logger",
     "Metrics",
+    "RowObserver",
     "Scalar",
     "ScalarLike",
     "Sink",

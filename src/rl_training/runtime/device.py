@@ -13,15 +13,6 @@ if TYPE_CHECKING:
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
 
 
-def check_device(device: str) -> None:
-    """Fail early, before anything is written, if ``device`` cannot be used here.
-
-    Raises:
-        ValueError: naming the device and what this machine offers.
-    """
-    resolve_device(device)
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``; ``"cuda"``; ``"cuda:N"``.
 

@@ -10,7 +10,6 @@ import re
 import shutil
 import socket
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink
-from rl_training.experiment.sinks.jsonl import write_json_atomic
 from rl_training.plugins import PluginManager, discover_sinks
-from rl_training.runtime.checks import check_runtime
+from rl_training.runtime.context import RunContext, write_json_atomic
+from rl_training.runtime.plan import Plan, resolve_plan
 
 _SUFFIX_RE = re.compile(r"[A-Za-z0-9_.+=-]+")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.+=-]+")
@@ -28,46 +27,6 @@ _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.+=-]+")
 
 class SinkCreationError(RuntimeError):
     """A sink's factory failed while the run was being created; nothing was left behind."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunContext:
-    """Where one run writes. Sinks get it from their factory."""
-
-    config: TrainConfig
-    """The run's configuration."""
-    run_dir: Path
-    """A directory of this run alone, directly under ``config.output_dir``."""
-
-    @property
-    def name(self) -> str:
-        """The run's name: its directory's name."""
-        return self.run_dir.name
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        """``run_dir / "tensorboard"``, created with the run directory."""
-        return self.run_dir / "tensorboard"
-
-    @property
-    def metrics_path(self) -> Path:
-        """``run_dir / "metrics.jsonl"`` (written by the ``json`` sink)."""
-        return self.run_dir / "metrics.jsonl"
-
-    @property
-    def config_path(self) -> Path:
-        """``run_dir / "config.json"`` (written by the ``json`` sink)."""
-        return self.run_dir / "config.json"
-
-    @property
-    def run_info_path(self) -> Path:
-        """``run_dir / "run.json"``: name, status, times, command line, versions."""
-        return self.run_dir / "run.json"
-
-    @property
-    def model_path(self) -> Path:
-        """``run_dir / "model.pt"``: the final model, saved by the trainer."""
-        return self.run_dir / "model.pt"
 
 
 def create_run_context(config: TrainConfig, run_suffix: str | None = None) -> RunContext:
@@ -112,11 +71,16 @@ class TrainingRun:
     ``KeyboardInterrupt`` ``"interrupted"``.
     """
 
-    def __init__(self, run_context: RunContext, logger: CompositeLogger) -> None:
+    def __init__(
+        self, run_context: RunContext, logger: CompositeLogger, plan: Plan | None = None
+    ) -> None:
         self.run_context = run_context
         """Where the run writes."""
         self.logger = logger
         """The composite over the configured sinks."""
+        self.plan = plan
+        """The config resolved for this machine (device, spaces, hyperparameters), for
+        the built-in trainers; ``None`` for a run of other training code."""
         self.status = "running"
         """``"running"`` until closed, then the closing status."""
         self._info: dict[str, Any] = _run_info(run_context, logger.sink_names)
@@ -178,11 +142,12 @@ def create_training_run(
 
     Raises:
         ValueError: a sink name is unknown or clashing (the message lists the available
-            sinks), CUDA is asked for and absent, or the env id is unknown.
+            sinks), CUDA is asked for and absent, the env id is unknown, or the env's
+            spaces do not fit the algorithm.
         SinkCreationError: a sink's factory raised (the message names the sink).
     """
     infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
-    check_runtime(config)
+    plan = resolve_plan(config)
     output_dir = Path(config.output_dir)
     made_output_dir = not output_dir.exists()
     context = create_run_context(config, run_suffix)
@@ -197,7 +162,7 @@ def create_training_run(
                     f"{type(error).__name__}: {error}"
                 ) from error
         logger = CompositeLogger(sinks, strict=strict)
-        run = TrainingRun(context, logger)
+        run = TrainingRun(context, logger, plan)
         logger.log_config(config.to_dict())
     except BaseException:
         for sink in sinks.values():

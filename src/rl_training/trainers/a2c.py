@@ -11,63 +11,57 @@ Glossary: ``adv`` advantages, ``logp`` log-probability.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
 from torch import nn
 
 from rl_training.hyperparams import A2CHyperparams
-from rl_training.trainers import Learned, Policy, Session
-from rl_training.trainers.actor_critic import ActorCritic, actor_critic_policy, collect_rollout
-from rl_training.trainers.buffers import RolloutBuffer
-from rl_training.trainers.common import (
-    FlatOptimizer,
-    SavedModel,
-    explained_variance,
-    obs_dim,
-    obs_to_tensor,
-    rollout_lengths,
+from rl_training.trainers.checkpoint import SavedModel
+from rl_training.trainers.on_policy import (
+    actor_critic_and_buffer,
+    actor_critic_policy,
+    collect_rollout,
+    next_rollout,
+    training_row,
 )
+from rl_training.trainers.optim import FlatOptimizer
+from rl_training.trainers.session import Policy, Session, load_state, state_of
 
-CPU_THREADS: int | None = 1
-"""Intra-op threads on the CPU (small networks: one thread is fastest)."""
 
+class A2CTrainer:
+    """A2C on a session: one rollout and one gradient step per iteration."""
 
-def learn(session: Session) -> Learned:
-    """Train A2C in ``session`` for ``config.total_timesteps`` environment steps."""
-    hp: A2CHyperparams = session.hp
-    envs, device, logger = session.envs, session.device, session.logger
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    n_envs = hp.num_envs
+    CPU_THREADS: ClassVar[int | None] = 1
+    """Intra-op threads on the CPU (small networks: one thread is fastest)."""
 
-    agent = ActorCritic(obs_space, act_space, hp.net_arch).to(device)
-    optimizer = FlatOptimizer(
-        [agent], torch.optim.RMSprop, lr=hp.learning_rate, alpha=0.99, eps=hp.rms_prop_eps
-    )
-    buffer = RolloutBuffer(
-        hp.n_steps, n_envs, obs_dim(obs_space), agent.action_shape, agent.discrete, device
-    )
+    def __init__(self, session: Session[A2CHyperparams]) -> None:
+        self.session = session
+        hp = session.hp
+        self.agent, self.buffer = actor_critic_and_buffer(session)
+        self.optimizer = FlatOptimizer(
+            [self.agent], torch.optim.RMSprop, lr=hp.learning_rate, alpha=0.99, eps=hp.rms_prop_eps
+        )
+        self.n_updates = 0
 
-    steps = 0
-    n_updates = 0
-    raw_obs, _ = envs.reset(seed=session.config.seed)
-    obs = obs_to_tensor(raw_obs, obs_space, device)
-
-    total = session.config.total_timesteps
-    for length in rollout_lengths(total, n_envs, hp.n_steps):
-        lr = hp.learning_rate * (1.0 - steps / total) if hp.anneal_lr else hp.learning_rate
-        optimizer.set_lr(lr)
+    def iteration(self) -> Mapping[str, Any]:
+        """One rollout, its n-step advantages, one gradient step on all of it."""
+        session, hp, agent = self.session, self.session.hp, self.agent
+        length, lr = next_rollout(session)
+        self.optimizer.set_lr(lr)
 
         # Collect rollout
-        obs, steps = collect_rollout(session, agent, buffer, obs, length, steps)
+        collect_rollout(session, agent, self.buffer, length)
 
         # n-step advantages (GAE with gae_lambda, 1.0 by default)
         with torch.no_grad():  # not inference_mode: the results enter the loss
-            adv, returns = buffer.advantages(length, agent.value(obs), hp.gamma, hp.gae_lambda)
+            last_value = agent.value(session.stepper.obs)
+            adv, returns = self.buffer.advantages(length, last_value, hp.gamma, hp.gae_lambda)
 
         # Optimise: one step on the whole rollout
-        batch = length * n_envs
+        buffer, batch = self.buffer, length * hp.num_envs
         b_values, b_returns = buffer.values[:length].reshape(batch), returns.reshape(batch)
         logp, entropy, value = agent.evaluate_actions(
             buffer.obs[:length].reshape(batch, -1),
@@ -81,29 +75,28 @@ def learn(session: Session) -> Learned:
         entropy_loss = -entropy.mean()
         loss = policy_loss + hp.ent_coef * entropy_loss + hp.vf_coef * value_loss
 
-        optimizer.step(loss, hp.max_grad_norm)
-        n_updates += 1
+        self.optimizer.step(loss, hp.max_grad_norm)
+        self.n_updates += 1
 
-        # Log every log_interval updates and after the last (tensors: one host copy per row)
-        if n_updates % hp.log_interval == 0 or steps >= total:
-            metrics: dict[str, Any] = {
-                "loss/policy": policy_loss.detach(),
-                "loss/value": value_loss.detach(),
-                "loss/entropy": entropy_loss.detach(),
-                "train/explained_variance": explained_variance(b_values, b_returns),
-                "train/learning_rate": lr,
-                "train/n_updates": n_updates,
-                "time/sps": session.timer.sps(steps),
-            }
-            if not agent.discrete:
-                metrics["train/std"] = agent.log_std.detach().exp().mean()
-            logger.log_metrics(metrics, steps)
+        # Log
+        losses = torch.stack([policy_loss, value_loss, entropy_loss]).detach()
+        return training_row(agent, losses, b_values, b_returns, lr, self.n_updates)
 
-    return Learned(modules={"agent": agent}, steps=steps)
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """The actor-critic."""
+        return {"agent": self.agent}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Network, optimiser, update count and the session's counters and generator."""
+        return state_of(self, "session", "agent", "optimizer", "n_updates")
 
-def load_policy(
-    saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
-) -> Policy:
-    """Rebuild the trained actor for evaluation."""
-    return actor_critic_policy(saved, observation_space, action_space)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        load_state(self, state)
+
+    @staticmethod
+    def load_policy(
+        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    ) -> Policy:
+        """Rebuild the trained actor for evaluation."""
+        return actor_critic_policy(saved, observation_space, action_space)

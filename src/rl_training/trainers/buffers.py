@@ -6,7 +6,8 @@ come from the environments as numpy arrays and stay on the host until one copy.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -157,6 +158,35 @@ class ReplayBuffer:
         self.scalars[rows] = scalars
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The filled rows (copies: a checkpoint holds only what was stored), and where
+        the next one goes."""
+        rows = slice(0, self.size)
+        return {
+            "obs": self.obs[rows].clone(),
+            "next_obs": self.next_obs[rows].clone(),
+            "actions": self.actions[rows].clone(),
+            "scalars": self.scalars[rows].clone(),
+            "pos": self.pos,
+            "size": self.size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` into this buffer (of the same capacity).
+
+        Raises:
+            ValueError: the state holds more rows than this buffer's capacity.
+        """
+        size = int(state["size"])
+        if size > self.capacity:
+            raise ValueError(
+                f"replay buffer state holds {size} transitions; this buffer takes {self.capacity}"
+            )
+        with torch.no_grad():
+            for name in ("obs", "next_obs", "actions", "scalars"):
+                getattr(self, name)[:size] = state[name]
+        self.pos, self.size = int(state["pos"]), size
 
     def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBatch:
         """``batch_size`` transitions drawn uniformly with replacement, gathered in one pass."""

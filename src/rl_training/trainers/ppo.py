@@ -13,72 +13,67 @@ Glossary: ``adv`` advantages, ``mb`` minibatch, ``logp`` log-probability,
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
 from torch import nn
 
 from rl_training.hyperparams import PPOHyperparams
-from rl_training.trainers import Learned, Policy, Session
-from rl_training.trainers.actor_critic import ActorCritic, actor_critic_policy, collect_rollout
-from rl_training.trainers.buffers import RolloutBuffer
-from rl_training.trainers.common import (
-    FlatOptimizer,
-    SavedModel,
-    explained_variance,
-    obs_dim,
-    obs_to_tensor,
-    rollout_lengths,
+from rl_training.trainers.checkpoint import SavedModel
+from rl_training.trainers.on_policy import (
+    actor_critic_and_buffer,
+    actor_critic_policy,
+    collect_rollout,
+    next_rollout,
+    training_row,
 )
+from rl_training.trainers.optim import FlatOptimizer
+from rl_training.trainers.session import Policy, Session, load_state, state_of
 
-CPU_THREADS: int | None = 1
-"""Intra-op threads on the CPU (small networks: one thread is fastest)."""
 
+class PPOTrainer:
+    """PPO on a session: one rollout and ``n_epochs`` of minibatch updates per iteration."""
 
-def learn(session: Session) -> Learned:
-    """Train PPO in ``session`` for ``config.total_timesteps`` environment steps."""
-    hp: PPOHyperparams = session.hp
-    envs, device, logger = session.envs, session.device, session.logger
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    n_envs = hp.num_envs
+    CPU_THREADS: ClassVar[int | None] = 1
+    """Intra-op threads on the CPU (small networks: one thread is fastest)."""
 
-    agent = ActorCritic(obs_space, act_space, hp.net_arch).to(device)
-    optimizer = FlatOptimizer([agent], torch.optim.Adam, lr=hp.learning_rate, eps=1e-5)
-    buffer = RolloutBuffer(
-        hp.n_steps, n_envs, obs_dim(obs_space), agent.action_shape, agent.discrete, device
-    )
+    def __init__(self, session: Session[PPOHyperparams]) -> None:
+        self.session = session
+        hp = session.hp
+        self.agent, self.buffer = actor_critic_and_buffer(session)
+        self.optimizer = FlatOptimizer(
+            [self.agent], torch.optim.Adam, lr=hp.learning_rate, eps=1e-5
+        )
+        self.n_updates = 0
 
-    total = session.config.total_timesteps
-    steps = 0
-    n_updates = 0
-    raw_obs, _ = envs.reset(seed=session.config.seed)
-    obs = obs_to_tensor(raw_obs, obs_space, device)
-
-    for length in rollout_lengths(total, n_envs, hp.n_steps):
-        # Anneal the learning rate (CleanRL): 1 -> 0 over the run.
-        lr = hp.learning_rate * (1.0 - steps / total) if hp.anneal_lr else hp.learning_rate
-        optimizer.set_lr(lr)
+    def iteration(self) -> Mapping[str, Any]:
+        """One rollout, its advantages, ``n_epochs`` passes of minibatch updates."""
+        session, hp, agent = self.session, self.session.hp, self.agent
+        length, lr = next_rollout(session)
+        self.optimizer.set_lr(lr)
 
         # Collect rollout
-        obs, steps = collect_rollout(session, agent, buffer, obs, length, steps)
+        collect_rollout(session, agent, self.buffer, length)
 
         # GAE
         with torch.no_grad():  # not inference_mode: the results enter the loss
-            adv, returns = buffer.advantages(length, agent.value(obs), hp.gamma, hp.gae_lambda)
+            last_value = agent.value(session.stepper.obs)
+            adv, returns = self.buffer.advantages(length, last_value, hp.gamma, hp.gae_lambda)
 
         # Optimise: n_epochs passes over the rollout in shuffled minibatches
-        batch = length * n_envs
+        buffer, batch = self.buffer, length * hp.num_envs
         b_obs = buffer.obs[:length].reshape(batch, -1)
         b_actions = buffer.actions[:length].reshape(batch, *agent.action_shape)
         b_logp = buffer.log_probs[:length].reshape(batch)
         b_values = buffer.values[:length].reshape(batch)
         b_adv, b_returns = adv.reshape(batch), returns.reshape(batch)
         mb_size = min(hp.batch_size, batch)
-        stats = torch.zeros(5, device=device)  # policy, value, entropy losses; kl; clip fraction
+        stats = torch.zeros(5, device=session.device)  # 3 losses, approx kl, clip fraction
         n_minibatches = 0
         for _epoch in range(hp.n_epochs):
-            perm = torch.randperm(batch, generator=session.generator, device=device)
+            perm = torch.randperm(batch, generator=session.generator, device=session.device)
             e_obs, e_actions, e_logp = b_obs[perm], b_actions[perm], b_logp[perm]
             e_adv, e_returns = b_adv[perm], b_returns[perm]
             for start in range(0, batch, mb_size):
@@ -97,7 +92,7 @@ def learn(session: Session) -> Learned:
                 entropy_loss = -entropy.mean()
                 loss = policy_loss + hp.ent_coef * entropy_loss + hp.vf_coef * value_loss
 
-                optimizer.step(loss, hp.max_grad_norm)
+                self.optimizer.step(loss, hp.max_grad_norm)
 
                 with torch.no_grad():  # accumulated on the device: no host sync per minibatch
                     approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3 estimator
@@ -106,30 +101,29 @@ def learn(session: Session) -> Learned:
                         [policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction]
                     ).detach()
                 n_minibatches += 1
-        n_updates += 1
+        self.n_updates += 1
 
-        # Log (tensors: the logger copies them to the host in one transfer)
+        # Log
         stats /= n_minibatches
-        metrics: dict[str, Any] = {
-            "loss/policy": stats[0],
-            "loss/value": stats[1],
-            "loss/entropy": stats[2],
-            "train/approx_kl": stats[3],
-            "train/clip_fraction": stats[4],
-            "train/explained_variance": explained_variance(b_values, b_returns),
-            "train/learning_rate": lr,
-            "train/n_updates": n_updates,
-            "time/sps": session.timer.sps(steps),
-        }
-        if not agent.discrete:
-            metrics["train/std"] = agent.log_std.detach().exp().mean()
-        logger.log_metrics(metrics, steps)
+        row = training_row(agent, stats, b_values, b_returns, lr, self.n_updates)
+        row["train/approx_kl"], row["train/clip_fraction"] = stats[3], stats[4]
+        return row
 
-    return Learned(modules={"agent": agent}, steps=steps)
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """The actor-critic."""
+        return {"agent": self.agent}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Network, optimiser, update count and the session's counters and generator."""
+        return state_of(self, "session", "agent", "optimizer", "n_updates")
 
-def load_policy(
-    saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
-) -> Policy:
-    """Rebuild the trained actor for evaluation."""
-    return actor_critic_policy(saved, observation_space, action_space)
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        load_state(self, state)
+
+    @staticmethod
+    def load_policy(
+        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    ) -> Policy:
+        """Rebuild the trained actor for evaluation."""
+        return actor_critic_policy(saved, observation_space, action_space)

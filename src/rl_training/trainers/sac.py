@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -25,25 +26,12 @@ import torch
 from torch import nn
 
 from rl_training.hyperparams import SACHyperparams
-from rl_training.trainers import Learned, Policy, Session
 from rl_training.trainers.buffers import ReplayBuffer
-from rl_training.trainers.common import (
-    EnsembleMLP,
-    EnvStepper,
-    FlatOptimizer,
-    PeriodicLog,
-    SavedModel,
-    box_space,
-    flatten_parameters,
-    mlp,
-    obs_dim,
-    obs_to_tensor,
-    scale_action,
-    soft_update,
-)
-
-CPU_THREADS: int | None = None
-"""Intra-op threads on the CPU (None: torch default; 256-unit layers gain from both cores)."""
+from rl_training.trainers.checkpoint import SavedModel
+from rl_training.trainers.envs import box_space, obs_dim, obs_to_tensor, scale_action
+from rl_training.trainers.networks import TwinCritic, mlp
+from rl_training.trainers.optim import FlatOptimizer, flatten_parameters, soft_update
+from rl_training.trainers.session import Policy, Session, load_state, state_of
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 """Clamp of the policy's log standard deviation (SB3, and the authors' code)."""
@@ -78,130 +66,139 @@ class SquashedGaussianActor(nn.Module):
         return action, log_prob
 
 
-class TwinCritic(nn.Module):
-    """Q1(s, a), Q2(s, a) as one :class:`EnsembleMLP` of two members."""
+class SACTrainer:
+    """SAC on a session: one vector step per iteration, a training phase when due."""
 
-    def __init__(self, obs_size: int, action_size: int, net_arch: tuple[int, ...]) -> None:
-        super().__init__()
-        self.q = EnsembleMLP(2, obs_size + action_size, net_arch, 1)
+    CPU_THREADS: ClassVar[int | None] = None
+    """Intra-op threads on the CPU (None: torch default; 256-unit layers gain from both cores)."""
 
-    def forward(
-        self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False
-    ) -> torch.Tensor:
-        """``(2, batch)`` Q-values."""
-        q: torch.Tensor = self.q(torch.cat([obs, action], dim=-1), detach=detach)
-        return q.squeeze(-1)
+    def __init__(self, session: Session[SACHyperparams]) -> None:
+        self.session = session
+        hp, device = session.hp, session.device
+        self.act_space = box_space(session.plan.action_space)
+        obs_size = obs_dim(session.plan.observation_space)
+        self.act_size = act_size = int(np.prod(self.act_space.shape))
 
-    def q1(self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
-        """Q1 alone, ``(batch,)`` (TD3's actor loss needs only it)."""
-        return self.q.member(torch.cat([obs, action], dim=-1), 0, detach=detach).squeeze(-1)
+        self.actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
+        self.critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_opt = FlatOptimizer([self.actor], torch.optim.Adam, lr=hp.learning_rate)
+        self.critic_opt = FlatOptimizer([self.critic], torch.optim.Adam, lr=hp.learning_rate)
+        self.target_params = flatten_parameters([self.critic_target], with_grad=False)
 
+        # Entropy temperature: learned as log(alpha) unless ent_coef is a number.
+        if isinstance(hp.ent_coef, str):  # "auto" (alpha starts at 1) or "auto_<initial>"
+            learn_alpha = True
+            alpha_init = float(hp.ent_coef[5:]) if hp.ent_coef.startswith("auto_") else 1.0
+        else:
+            learn_alpha, alpha_init = False, float(hp.ent_coef)
+        self.log_alpha = torch.tensor(
+            math.log(alpha_init), device=device, requires_grad=learn_alpha
+        )
+        self.alpha_opt = (
+            torch.optim.Adam([self.log_alpha], lr=hp.learning_rate) if learn_alpha else None
+        )
+        self.target_entropy = (
+            -float(act_size) if hp.target_entropy == "auto" else float(hp.target_entropy)
+        )
 
-def learn(session: Session) -> Learned:
-    """Train SAC in ``session`` for ``config.total_timesteps`` environment steps."""
-    hp: SACHyperparams = session.hp
-    envs, device, g = session.envs, session.device, session.generator
-    obs_space, act_space = envs.single_observation_space, box_space(envs.single_action_space)
-    obs_size, act_size = obs_dim(obs_space), int(np.prod(act_space.shape))
+        self.buffer = ReplayBuffer(hp.buffer_size, obs_size, (act_size,), False, device)
+        self.n_updates = 0
+        self.train_values: dict[str, Any] = {}
 
-    actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
-    critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
-    critic_target = copy.deepcopy(critic)
-    actor_opt = FlatOptimizer([actor], torch.optim.Adam, lr=hp.learning_rate)
-    critic_opt = FlatOptimizer([critic], torch.optim.Adam, lr=hp.learning_rate)
-    target_params = flatten_parameters([critic_target], with_grad=False)
+    def iteration(self) -> Mapping[str, Any]:
+        """One vector step of the policy (uniform at first); a training phase when due."""
+        session, hp, stepper = self.session, self.session.hp, self.session.stepper
+        g, device = session.generator, session.device
+        actor, critic, log_alpha = self.actor, self.critic, self.log_alpha
 
-    # Entropy temperature: learned as log(alpha) unless ent_coef is a number.
-    if isinstance(hp.ent_coef, str):  # "auto" (alpha starts at 1) or "auto_<initial>"
-        learn_alpha = True
-        alpha_init = float(hp.ent_coef[5:]) if hp.ent_coef.startswith("auto_") else 1.0
-    else:
-        learn_alpha, alpha_init = False, float(hp.ent_coef)
-    log_alpha = torch.tensor(math.log(alpha_init), device=device, requires_grad=learn_alpha)
-    alpha_opt = torch.optim.Adam([log_alpha], lr=hp.learning_rate) if learn_alpha else None
-    target_entropy = -float(act_size) if hp.target_entropy == "auto" else float(hp.target_entropy)
-
-    buffer = ReplayBuffer(hp.buffer_size, obs_size, (act_size,), False, device)
-    stepper = EnvStepper(session)
-    total = session.config.total_timesteps
-    n_updates = 0
-    train_values: dict[str, Any] = {}
-    log = PeriodicLog(session, hp.log_interval)
-
-    while stepper.steps < total:
         # Collect: uniform random actions until learning_starts, then the policy
         obs = stepper.obs
         if stepper.steps < hp.learning_starts:
-            action = torch.rand((hp.num_envs, act_size), generator=g, device=device) * 2 - 1
+            action = torch.rand((hp.num_envs, self.act_size), generator=g, device=device) * 2 - 1
         else:
             with torch.no_grad():
                 action, _ = actor(obs, g)
-        next_obs, reward, terminated, truncated = stepper.step(scale_action(action, act_space))
-        buffer.add(obs, next_obs, action, reward, terminated, truncated)
+        next_obs, reward, terminated, truncated = stepper.step(scale_action(action, self.act_space))
+        self.buffer.add(obs, next_obs, action, reward, terminated, truncated)
 
-        # Optimise
-        if stepper.steps >= hp.learning_starts and stepper.vector_steps % hp.train_freq == 0:
-            for _ in range(hp.gradient_steps):
-                batch = buffer.sample(hp.batch_size, g)
-                alpha = log_alpha.detach().exp()
+        if not hp.trains_after(stepper.steps, stepper.vector_steps):
+            return self.train_values
+        for _ in range(hp.gradient_steps):
+            batch = self.buffer.sample(hp.batch_size, g)
+            alpha = log_alpha.detach().exp()
 
-                # Temperature (SAC v2, eq. 18), from the current policy's log-probs
-                pi_action, logp = actor(batch.obs, g)
-                if alpha_opt is not None:
-                    alpha_loss = -(log_alpha * (logp.detach() + target_entropy)).mean()
-                    alpha_opt.zero_grad(set_to_none=True)
-                    alpha_loss.backward()
-                    alpha_opt.step()
-                    train_values["loss/alpha"] = alpha_loss.detach()
+            # Temperature (SAC v2, eq. 18), from the current policy's log-probs
+            pi_action, logp = actor(batch.obs, g)
+            if self.alpha_opt is not None:
+                alpha_loss = -(log_alpha * (logp.detach() + self.target_entropy)).mean()
+                self.alpha_opt.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                self.alpha_opt.step()
+                self.train_values["loss/alpha"] = alpha_loss.detach()
 
-                # Critics: soft Bellman target from the target twins (eq. 3, 5)
-                with torch.no_grad():
-                    next_action, next_logp = actor(batch.next_obs, g)
-                    next_q = critic_target(batch.next_obs, next_action).min(0).values
-                    target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * (
-                        next_q - alpha * next_logp
-                    )
-                q = critic(batch.obs, batch.actions)
-                critic_loss = 0.5 * (q - target_q).square().mean(1).sum()
-                critic_opt.step(critic_loss)
+            # Compute targets: soft Bellman target from the target twins (eq. 3, 5)
+            with torch.no_grad():
+                next_action, next_logp = actor(batch.next_obs, g)
+                next_q = self.critic_target(batch.next_obs, next_action).min(0).values
+                target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * (
+                    next_q - alpha * next_logp
+                )
 
-                # Actor (eq. 7): through the just-updated critics, their weights detached
-                q_pi = critic(batch.obs, pi_action, detach=True).min(0).values
-                actor_loss = (alpha * logp - q_pi).mean()
-                actor_opt.step(actor_loss)
+            # Optimise the critics, then the actor through the just-updated critics
+            # (eq. 7), their weights detached
+            q = critic(batch.obs, batch.actions)
+            critic_loss = 0.5 * (q - target_q).square().mean(1).sum()
+            self.critic_opt.step(critic_loss)
+            q_pi = critic(batch.obs, pi_action, detach=True).min(0).values
+            actor_loss = (alpha * logp - q_pi).mean()
+            self.actor_opt.step(actor_loss)
 
-                soft_update(target_params, critic_opt.param, hp.tau)
-                n_updates += 1
-            train_values.update(
-                {
-                    "loss/q": critic_loss.detach(),
-                    "loss/actor": actor_loss.detach(),
-                    "train/alpha": log_alpha.detach().exp(),
-                    "train/n_updates": n_updates,
-                }
-            )
+            soft_update(self.target_params, self.critic_opt.param, hp.tau)
+            self.n_updates += 1
 
         # Log
-        log(stepper.steps, train_values)
+        self.train_values.update(
+            {
+                "loss/q": critic_loss.detach(),
+                "loss/actor": actor_loss.detach(),
+                "train/alpha": log_alpha.detach().exp(),
+                "train/n_updates": self.n_updates,
+            }
+        )
+        return self.train_values
 
-    return Learned(modules={"actor": actor, "critic": critic}, steps=stepper.steps)
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """Actor and critics."""
+        return {"actor": self.actor, "critic": self.critic}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimisers, temperature, replay buffer, counters, the session's state."""
+        return state_of(
+            self, "session", "actor", "critic", "critic_target", "actor_opt", "critic_opt",
+            "log_alpha", "alpha_opt", "buffer", "n_updates", "train_values",
+        )  # fmt: skip
 
-def load_policy(
-    saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
-) -> Policy:
-    """Rebuild the trained actor for evaluation (deterministic: the tanh of the mean)."""
-    box = box_space(action_space)
-    act_size = int(np.prod(box.shape))
-    actor = SquashedGaussianActor(
-        obs_dim(observation_space), act_size, tuple(saved.hyperparams["net_arch"])
-    )
-    actor.load_state_dict(saved.state_dicts["actor"])
-    actor.eval()
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        load_state(self, state)
 
-    def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
-        obs_t = obs_to_tensor(obs, observation_space, torch.device("cpu"))
-        action, _ = actor(obs_t, None if deterministic else generator)
-        return scale_action(action, box)
+    @staticmethod
+    def load_policy(
+        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    ) -> Policy:
+        """Rebuild the trained actor for evaluation (deterministic: the tanh of the mean)."""
+        box = box_space(action_space)
+        act_size = int(np.prod(box.shape))
+        actor = SquashedGaussianActor(
+            obs_dim(observation_space), act_size, tuple(saved.hyperparams["net_arch"])
+        )
+        actor.load_state_dict(saved.state_dicts["actor"])
+        actor.eval()
 
-    return policy
+        def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+            obs_t = obs_to_tensor(obs, observation_space, torch.device("cpu"))
+            action, _ = actor(obs_t, None if deterministic else generator)
+            return scale_action(action, box)
+
+        return policy

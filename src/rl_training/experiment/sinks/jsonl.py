@@ -7,14 +7,14 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl_training.hookspecs import hookimpl
+from rl_training.runtime.context import write_json_atomic
 
 if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
-    from rl_training.runtime.run_utils import RunContext
+    from rl_training.runtime.context import RunContext
 
 _NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _encode = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
@@ -25,21 +25,6 @@ def json_safe(value: Scalar) -> Scalar | str:
     if type(value) is float and not math.isfinite(value):
         return "NaN" if math.isnan(value) else _NON_FINITE[value]
     return value
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write pretty, key-sorted JSON through a temporary file and a rename.
-
-    A reader, or a process killed mid-write, sees the old file or the new one,
-    never a truncated one.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class JsonlSink:

@@ -11,7 +11,7 @@ from rl_training.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
-    from rl_training.runtime.run_utils import RunContext
+    from rl_training.runtime.context import RunContext
 
 # close(status) -> the hparams plugin's session status. Its enum has no "aborted":
 # an interrupted run did not fail, so it is "unknown" rather than "failure".

@@ -1,0 +1,92 @@
+"""The resolved plan of a run: everything a config means on this machine, made once.
+
+``TrainConfig`` says what to run; :func:`resolve_plan` checks it against this
+machine (the device, the env id, the env's spaces against the algorithm's spec)
+before anything touches disk, and the :class:`Plan` it returns is carried from run
+setup to the trainer, so no step is repeated along the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
+from rl_training.hyperparams import Hyperparams
+from rl_training.registry import AlgorithmSpec
+from rl_training.runtime.device import resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A config resolved for this machine."""
+
+    config: TrainConfig
+    """What was asked for."""
+    spec: AlgorithmSpec
+    """The algorithm's entry in the registry."""
+    hp: Hyperparams
+    """Its hyperparameters, overrides applied (the trainer's ``session.hp``)."""
+    device: torch.device
+    """Where networks, buffers and updates live."""
+    observation_space: Any
+    """One environment's observation space (a ``gymnasium.Space``)."""
+    action_space: Any
+    """One environment's action space."""
+
+
+def resolve_plan(config: TrainConfig) -> Plan:
+    """Resolve the device and the env's spaces and check them against the algorithm.
+
+    Raises:
+        ValueError: CUDA asked for and absent, an unknown env id (or one that
+            cannot be made here), or spaces the algorithm does not take; the message
+            names the bad value and what is accepted.
+    """
+    spec = config.spec
+    device = resolve_device(config.device)
+    observation_space, action_space = env_spaces(config.env_id)
+    spec.check_spaces(config.env_id, observation_space, action_space)
+    return Plan(
+        config=config,
+        spec=spec,
+        hp=config.algo_hyperparams(),
+        device=device,
+        observation_space=observation_space,
+        action_space=action_space,
+    )
+
+
+def env_spaces(env_id: str) -> tuple[Any, Any]:
+    """``(observation space, action space)`` of ``env_id``, made once and closed.
+
+    Raises:
+        ValueError: gymnasium does not know ``env_id``, or cannot make it here.
+    """
+    import gymnasium as gym
+
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as error:
+        raise ConfigError(
+            f"env_id: {env_id!r} is not a registered gymnasium environment ({error}); "
+            "e.g. 'CartPole-v1', 'Pendulum-v1' (see gymnasium.envs.registry)"
+        ) from None
+    try:
+        env = gym.make(env_id)
+    except Exception as error:  # missing extras (box2d, mujoco...) and the like
+        raise ConfigError(
+            f"env_id: {env_id!r} is registered but cannot be made here: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+__all__ = ["Plan", "env_spaces", "resolve_plan"]

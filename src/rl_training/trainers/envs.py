@@ -1,0 +1,208 @@
+"""Environments: vector envs, stepping, episode statistics, observation and action spaces.
+
+Glossary: ``obs`` observation, ``n_envs`` parallel environments.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rl_training.experiment.logging import Logger
+
+EPISODE_WINDOW = 20
+"""Finished episodes over which ``mean_return`` is taken (the contract's "last 20")."""
+
+
+def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_id`` in one process, seeded ``seed, seed+1, ...``.
+
+    Same-step autoreset: when a sub-env's episode ends, the returned observation is
+    already the next episode's first, and the last one is in ``info["final_obs"]``,
+    so truncated episodes can still be bootstrapped from it.
+    """
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(env_id) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.action_space.seed(seed)
+    envs.single_action_space.seed(seed)
+    return envs
+
+
+class EpisodeTracker:
+    """Sums rewards per sub-env and logs ``episode/return`` and ``episode/length``.
+
+    Each finished episode is one ``log_metrics`` call at the global step it ended.
+    """
+
+    def __init__(self, num_envs: int, logger: Logger) -> None:
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+        self._lengths = np.zeros(num_envs, dtype=np.int64)
+        self._logger = logger
+        #: The last :data:`EPISODE_WINDOW` returns, oldest first.
+        self.recent: collections.deque[float] = collections.deque(maxlen=EPISODE_WINDOW)
+        #: Finished episodes so far.
+        self.count = 0
+
+    def update(self, rewards: np.ndarray, dones: np.ndarray, step: int) -> None:
+        """Add one vector step's rewards; log every episode that ``dones`` ends."""
+        self._returns += rewards
+        self._lengths += 1
+        if dones.any():
+            for i in np.flatnonzero(dones):
+                episode_return = float(self._returns[i])
+                self._logger.log_metrics(
+                    {"episode/return": episode_return, "episode/length": int(self._lengths[i])},
+                    step,
+                )
+                self.recent.append(episode_return)
+                self.count += 1
+            self._returns[dones] = 0.0
+            self._lengths[dones] = 0
+
+    @property
+    def mean_return(self) -> float:
+        """Mean of the last :data:`EPISODE_WINDOW` returns (NaN before any episode ends)."""
+        return float(np.mean(self.recent)) if self.recent else math.nan
+
+    def state_dict(self) -> dict[str, Any]:
+        """Finished episodes: their count and the recent returns (not the episodes under
+        way: those restart with the environments)."""
+        return {"count": self.count, "recent": list(self.recent)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the episodes under way start from zero."""
+        self.count = int(state["count"])
+        self.recent.clear()
+        self.recent.extend(float(r) for r in state["recent"])
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget the episodes under way (their environments were reset)."""
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+
+
+class EnvStepper:
+    """Steps a run's environments; every trainer collects experience through it.
+
+    Keeps the current observation as a tensor on the device, counts environment
+    steps, logs finished episodes, and hands back the real next observation of every
+    transition: with same-step autoreset, a finished episode's last observation is
+    in ``info["final_obs"]`` and the returned one already starts the next episode.
+    """
+
+    def __init__(
+        self,
+        envs: gym.vector.VectorEnv,
+        episodes: EpisodeTracker,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self._envs = envs
+        self._device = device
+        self._space = envs.single_observation_space
+        self._episodes = episodes
+        self._num_envs: int = envs.num_envs
+        self.steps = 0
+        """Environment steps so far, summed over environments."""
+        self.obs = self.reset(seed)
+
+    def reset(self, seed: int) -> torch.Tensor:
+        """Reset every environment with ``seed``; return (and keep) the first observations.
+
+        The observations are ``(num_envs, obs_size)`` on the device.
+        """
+        raw, _ = self._envs.reset(seed=seed)
+        self._episodes.restart()
+        self.obs = obs_to_tensor(raw, self._space, self._device)
+        return self.obs
+
+    @property
+    def vector_steps(self) -> int:
+        """Calls to ``step`` so far (environment steps per environment)."""
+        return self.steps // self._num_envs
+
+    def step(self, actions: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every env; return ``(real next obs, reward, terminated, truncated)``.
+
+        Afterwards :attr:`obs` holds the observations to act on next (a new episode's
+        first where one ended).
+        """
+        raw, reward, terminated, truncated, infos = self._envs.step(actions)
+        self.steps += len(reward)
+        done = terminated | truncated
+        self._episodes.update(reward, done, self.steps)
+        if done.any():
+            real_next = np.array(raw, copy=True)
+            for i in np.flatnonzero(done):
+                real_next[i] = infos["final_obs"][i]
+            next_obs = obs_to_tensor(real_next, self._space, self._device)
+            self.obs = obs_to_tensor(raw, self._space, self._device)
+        else:
+            next_obs = self.obs = obs_to_tensor(raw, self._space, self._device)
+        return next_obs, reward, terminated, truncated
+
+
+# -- spaces ------------------------------------------------------------------------------
+
+
+def obs_dim(space: gym.Space[Any]) -> int:
+    """Flat size of a Box or Discrete observation space.
+
+    Raises:
+        ValueError: any other space.
+    """
+    if isinstance(space, gym.spaces.Box):
+        return int(np.prod(space.shape))
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    raise ValueError(f"observation space {space} is not supported (Box or Discrete)")
+
+
+def obs_to_tensor(obs: np.ndarray, space: gym.Space[Any], device: torch.device) -> torch.Tensor:
+    """A float32 batch on ``device``: Box flattened, Discrete one-hot."""
+    if isinstance(space, gym.spaces.Discrete):
+        index = torch.as_tensor(np.asarray(obs) - space.start, device=device, dtype=torch.long)
+        return nn.functional.one_hot(index, int(space.n)).to(torch.float32)
+    array = np.asarray(obs, dtype=np.float32)
+    if array.ndim != 2:
+        array = array.reshape(array.shape[0], -1)
+    return torch.from_numpy(array).to(device, non_blocking=True)
+
+
+def box_space(space: gym.Space[Any]) -> gym.spaces.Box:
+    """``space`` as a Box (the continuous-action trainers' only kind).
+
+    Raises:
+        ValueError: it is not a Box.
+    """
+    if not isinstance(space, gym.spaces.Box):
+        raise ValueError(f"action space {space} is not a Box")
+    return space
+
+
+def discrete_space(space: gym.Space[Any]) -> gym.spaces.Discrete:
+    """``space`` as a Discrete space (DQN's only kind).
+
+    Raises:
+        ValueError: it is not Discrete.
+    """
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ValueError(f"action space {space} is not Discrete")
+    return space
+
+
+def scale_action(action: torch.Tensor, space: gym.spaces.Box) -> np.ndarray:
+    """Actions in ``[-1, 1]`` (how SAC and TD3 learn them) mapped onto the Box bounds."""
+    unit: np.ndarray = action.cpu().numpy()
+    scaled: np.ndarray = space.low + 0.5 * (unit + 1.0) * (space.high - space.low)
+    return scaled

@@ -1,0 +1,283 @@
+"""Networks: MLPs, twin critics as one batched ensemble, the on-policy actor-critic.
+
+Algorithm-specific heads (SAC's squashed Gaussian actor, TD3's deterministic actor,
+DQN's Q-network) stay with their algorithm; what two algorithms share is here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rl_training.trainers.envs import obs_dim
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights with ``gain`` and constant bias, as in SB3 and CleanRL."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class MLP(nn.Module):
+    """``Linear -> activation`` per hidden width, then a linear head.
+
+    ``forward`` calls ``torch.nn.functional.linear`` on the layers' own parameters
+    rather than each submodule: with layers this small, per-module dispatch costs
+    as much as the arithmetic. The parameters and ``state_dict`` are those of an
+    ``nn.Sequential`` of ``nn.Linear`` layers.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        *,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.tanh,
+        out_gain: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        widths = [in_dim, *hidden, out_dim]
+        #: The linear layers, input first (the same modules as ``layers``, typed).
+        self.linears = [nn.Linear(a, b) for a, b in zip(widths, widths[1:], strict=False)]
+        self.layers = nn.ModuleList(self.linears)
+        if out_gain is not None:  # orthogonal everywhere; else PyTorch's default init
+            for layer in self.linears[:-1]:
+                layer_init(layer)
+            layer_init(self.linears[-1], out_gain)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        linear, activation = nn.functional.linear, self.activation
+        *hidden, head = self.linears
+        for layer in hidden:
+            x = activation(linear(x, layer.weight, layer.bias))
+        return linear(x, head.weight, head.bias)
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    *,
+    activation: Callable[[torch.Tensor], torch.Tensor] = torch.tanh,
+    out_gain: float | None = 1.0,
+) -> MLP:
+    """An :class:`MLP`: Tanh and orthogonal init by default (on-policy trainers);
+    ``out_gain=None`` keeps PyTorch's default init (the off-policy trainers' choice)."""
+    return MLP(in_dim, hidden, out_dim, activation=activation, out_gain=out_gain)
+
+
+class EnsembleMLP(nn.Module):
+    """``n`` independent MLPs on one input, run together with batched matmuls.
+
+    The twin critics of SAC and TD3: one ``baddbmm`` per layer for both instead of
+    one ``linear`` each, which halves the kernel launches and lets a matmul use
+    both cores. Each member is initialised like ``nn.Linear`` (uniform in
+    ``+-1/sqrt(fan_in)``) and has its own weights.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        in_dim: int,
+        hidden: Sequence[int],
+        out_dim: int,
+        *,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu,
+    ) -> None:
+        super().__init__()
+        widths = [in_dim, *hidden, out_dim]
+        self.n = n
+        #: Per layer: weights ``(n, in, out)`` and biases ``(n, 1, out)``.
+        self.weights = [
+            nn.Parameter(torch.empty(n, a, b)) for a, b in zip(widths, widths[1:], strict=False)
+        ]
+        self.biases = [nn.Parameter(torch.empty(n, 1, b)) for b in widths[1:]]
+        self._params = nn.ParameterList([*self.weights, *self.biases])
+        for w, b in zip(self.weights, self.biases, strict=True):
+            bound = 1.0 / math.sqrt(w.shape[1])
+            nn.init.uniform_(w, -bound, bound)
+            nn.init.uniform_(b, -bound, bound)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
+        """Every member's output, shape ``(n, batch, out)``.
+
+        ``detach=True`` uses the weights without tracking them, for a loss that must
+        move only the input (the actor's loss through the critics).
+        """
+        h = x.unsqueeze(0).expand(self.n, *x.shape)
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            w, b = (weight.detach(), bias.detach()) if detach else (weight, bias)
+            h = torch.baddbmm(b, h, w)
+            if i < last:
+                h = self.activation(h)
+        return h
+
+    def member(self, x: torch.Tensor, index: int, *, detach: bool = False) -> torch.Tensor:
+        """Member ``index`` alone, ``(batch, out)``: no work spent on the others."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            w_i, b_i = w[index], b[index, 0]
+            if detach:
+                w_i, b_i = w_i.detach(), b_i.detach()
+            x = torch.addmm(b_i, x, w_i)
+            if i < last:
+                x = self.activation(x)
+        return x
+
+
+class TwinCritic(nn.Module):
+    """Q1(s, a), Q2(s, a) as one :class:`EnsembleMLP` of two members."""
+
+    def __init__(self, obs_size: int, action_size: int, net_arch: tuple[int, ...]) -> None:
+        super().__init__()
+        self.q = EnsembleMLP(2, obs_size + action_size, net_arch, 1)
+
+    def forward(
+        self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False
+    ) -> torch.Tensor:
+        """``(2, batch)`` Q-values."""
+        q: torch.Tensor = self.q(torch.cat([obs, action], dim=-1), detach=detach)
+        return q.squeeze(-1)
+
+    def q1(self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
+        """Q1 alone, ``(batch,)`` (TD3's actor loss needs only it)."""
+        return self.q.member(torch.cat([obs, action], dim=-1), 0, detach=detach).squeeze(-1)
+
+
+class ActorCritic(nn.Module):
+    """Policy and value function for a Box or Discrete action space (PPO, A2C).
+
+    Separate actor and critic MLPs (Tanh, orthogonal init; policy head gain 0.01,
+    value head gain 1), as in Stable-Baselines3's ``MlpPolicy``. Discrete actions
+    take a categorical policy; Box actions a diagonal Gaussian with a
+    state-independent ``log_std``, clipped to the action bounds only when sent to
+    the environment. Log-probabilities and entropies are written out rather than
+    built through ``torch.distributions``, whose per-call validation and object
+    construction cost more than the tiny networks themselves.
+    """
+
+    low: torch.Tensor
+    """Lower bounds of a Box action space (a buffer: it follows the module's device)."""
+    high: torch.Tensor
+    """Upper bounds of a Box action space."""
+
+    def __init__(
+        self,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        net_arch: Sequence[int],
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        n_in = obs_dim(observation_space)
+        if isinstance(action_space, gym.spaces.Discrete):
+            n_out = int(action_space.n)
+            self.action_shape: tuple[int, ...] = ()
+        elif isinstance(action_space, gym.spaces.Box):
+            n_out = int(np.prod(action_space.shape))
+            self.action_shape = tuple(action_space.shape)
+            self.log_std = nn.Parameter(torch.full((n_out,), float(log_std_init)))
+            self.register_buffer("low", torch.as_tensor(action_space.low, dtype=torch.float32))
+            self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
+        else:
+            raise ValueError(f"action space {action_space} is not supported (Discrete or Box)")
+        self.actor = mlp(n_in, net_arch, n_out, out_gain=0.01)
+        self.critic = mlp(n_in, net_arch, 1, out_gain=1.0)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """V(obs), shape ``(batch,)``."""
+        value: torch.Tensor = self.critic(obs)
+        return value.squeeze(-1)
+
+    def act(
+        self, obs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample actions; return ``(action, log_prob, value)``."""
+        return self._sample(self.actor(obs), self.value(obs), generator)
+
+    def rollout_act(self) -> Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, ...]]:
+        """:meth:`act` for a rollout, with actor and critic fused into one network.
+
+        The two MLPs read the same input, so they run as one of twice the width:
+        the first layers concatenated, the later ones block-diagonal. Half the
+        kernel launches per environment step; the result is the same up to float
+        rounding. The weights are a snapshot: take a new one after each update.
+        """
+        weights = []
+        with torch.no_grad():
+            for i, (a, c) in enumerate(zip(self.actor.linears, self.critic.linears, strict=True)):
+                if i == 0:
+                    w = torch.cat([a.weight, c.weight])
+                else:
+                    w = torch.block_diag(a.weight, c.weight)  # type: ignore[no-untyped-call]
+                weights.append((w, torch.cat([a.bias, c.bias])))
+        *hidden, (w_out, b_out) = weights
+        n_actor = self.actor.linears[-1].out_features
+        linear, sample = nn.functional.linear, self._sample
+
+        def act(obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            x = obs
+            for w, b in hidden:
+                x = torch.tanh(linear(x, w, b))
+            out = linear(x, w_out, b_out)
+            return sample(out[:, :n_actor], out[:, n_actor], generator)
+
+        return act
+
+    def _sample(
+        self, out: torch.Tensor, value: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.discrete:
+            log_probs = torch.log_softmax(out, dim=-1)
+            # Gumbel-max sampling: one draw and an argmax, cheaper than torch.multinomial
+            uniform = torch.rand(out.shape, generator=generator, device=out.device)
+            action = (log_probs - torch.log(-torch.log(uniform))).argmax(-1, keepdim=True)
+            return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1), value
+        noise = torch.randn(out.shape, generator=generator, device=out.device)
+        action = out + noise * self.log_std.exp()
+        log_prob = (-0.5 * noise.square() - self.log_std - _LOG_SQRT_2PI).sum(-1)
+        return action.reshape(-1, *self.action_shape), log_prob, value
+
+    def evaluate_actions(
+        self, obs: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_prob, entropy, value)`` of ``actions`` under the current policy."""
+        out = self.actor(obs)
+        if self.discrete:
+            log_probs = torch.log_softmax(out, dim=-1)
+            log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            return log_prob, entropy, self.value(obs)
+        actions = actions.reshape(out.shape)
+        log_std = self.log_std
+        z = (actions - out) * torch.exp(-log_std)
+        log_prob = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+        entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum().expand(out.shape[0])
+        return log_prob, entropy, self.value(obs)
+
+    def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mode of the policy: argmax for Discrete, the mean for Box."""
+        out: torch.Tensor = self.actor(obs)
+        if self.discrete:
+            return out.argmax(-1)
+        return out.reshape(-1, *self.action_shape)
+
+    def to_env(self, action: torch.Tensor) -> np.ndarray:
+        """Actions as the environment takes them (Box actions clipped to its bounds)."""
+        if not self.discrete:
+            action = torch.clamp(action, self.low, self.high)
+        return action.cpu().numpy()

@@ -1,0 +1,285 @@
+"""The trainer lifecycle: the :class:`Session` a trainer runs in, the :class:`Trainer`
+protocol every algorithm follows, and :func:`run_loop`, the one loop they all share.
+
+A trainer is a class built on a session. Each call of ``iteration()`` collects
+experience through ``session.stepper`` (one vector step for the off-policy
+algorithms, one rollout for the on-policy ones), computes its targets, optimises,
+and returns the values of its training row; :func:`run_loop` logs that row every
+``log_interval`` environment steps and after the last. Between two iterations the
+trainer's state is whole: ``state_dict()`` then captures all of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from rl_training.config import TrainConfig
+from rl_training.experiment.logging import Logger
+from rl_training.hyperparams import Hyperparams
+from rl_training.registry import AlgorithmSpec
+from rl_training.runtime.plan import Plan
+from rl_training.runtime.seeding import seed_everything
+from rl_training.trainers.checkpoint import SavedModel
+from rl_training.trainers.envs import EnvStepper, EpisodeTracker, make_vec_env
+
+H = TypeVar("H", bound=Hyperparams)
+
+Policy = Callable[[np.ndarray, bool, torch.Generator], np.ndarray]
+"""``policy(obs_batch, deterministic, generator) -> env actions`` for evaluation."""
+
+
+class SpsTimer:
+    """Environment steps per second since the start, for ``time/sps``."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+
+    def sps(self, steps: int) -> float:
+        """Steps per second over the whole run so far."""
+        return steps / max(time.perf_counter() - self._start, 1e-9)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return time.perf_counter() - self._start
+
+
+class PeriodicLog:
+    """A trainer's training row with ``time/sps``, every ``interval`` environment steps.
+
+    Called after every iteration; logs at the first call at or past each multiple of
+    ``interval`` and at the end of the run, so the final values are always logged.
+    The row's values may be device tensors: the logger copies them to the host in
+    one transfer.
+    """
+
+    def __init__(self, logger: Logger, timer: SpsTimer, interval: int, total: int) -> None:
+        self._logger = logger
+        self._timer = timer
+        self._interval = interval
+        self._total = total
+        self._next = interval
+
+    def __call__(self, steps: int, values: Mapping[str, Any]) -> None:
+        """Log ``values`` and ``time/sps`` if ``steps`` reached the next row or the end."""
+        if steps < self._next and steps < self._total:
+            return
+        while self._next <= steps:
+            self._next += self._interval
+        self._logger.log_metrics({**values, "time/sps": self._timer.sps(steps)}, steps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The step of the next row."""
+        return {"next": self._next}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self._next = int(state["next"])
+
+
+@dataclass
+class Session(Generic[H]):
+    """Everything a trainer gets from the run; it opens nothing of its own.
+
+    Made by :meth:`open` from a resolved :class:`~rl_training.runtime.plan.Plan`;
+    typed by the algorithm's hyperparameters (a PPO trainer gets a
+    ``Session[PPOHyperparams]``).
+    """
+
+    plan: Plan
+    """The config resolved for this machine."""
+    hp: H
+    """The algorithm's hyperparameters (``plan.hp``)."""
+    logger: Logger
+    """The run's logger: the only way a trainer writes metrics."""
+    envs: gym.vector.VectorEnv
+    """``hp.num_envs`` seeded environments (same-step autoreset)."""
+    generator: torch.Generator
+    """Source of the trainer's randomness, on ``device``."""
+    episodes: EpisodeTracker
+    """Logs finished episodes and keeps the recent returns."""
+    stepper: EnvStepper
+    """Steps ``envs``: the current observations and the step count."""
+    timer: SpsTimer
+    """For ``time/sps``."""
+    log: PeriodicLog
+    """Logs a training row every ``hp.log_interval`` environment steps."""
+
+    @staticmethod
+    def open(plan: Plan, logger: Logger) -> Session[Any]:
+        """Seed everything, make and reset the environments."""
+        config, hp = plan.config, plan.hp
+        generator = seed_everything(config.seed, plan.device)
+        envs = make_vec_env(config.env_id, hp.num_envs, config.seed)
+        episodes = EpisodeTracker(hp.num_envs, logger)
+        timer = SpsTimer()
+        return Session[Any](
+            plan=plan,
+            hp=hp,
+            logger=logger,
+            envs=envs,
+            generator=generator,
+            episodes=episodes,
+            stepper=EnvStepper(envs, episodes, plan.device, config.seed),
+            timer=timer,
+            log=PeriodicLog(logger, timer, hp.log_interval, config.total_timesteps),
+        )
+
+    @property
+    def config(self) -> TrainConfig:
+        """The run's configuration."""
+        return self.plan.config
+
+    @property
+    def device(self) -> torch.device:
+        """Where networks, buffers and updates live."""
+        return self.plan.device
+
+    @property
+    def total_timesteps(self) -> int:
+        """The run's budget of environment steps."""
+        return self.plan.config.total_timesteps
+
+    @property
+    def steps(self) -> int:
+        """Environment steps so far, summed over environments."""
+        return self.stepper.steps
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step and episode counters, the generator and the logging cadence."""
+        return {
+            "steps": self.stepper.steps,
+            "episodes": self.episodes.state_dict(),
+            "generator": self.generator.get_state(),
+            "log": self.log.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the environments keep their own state)."""
+        self.stepper.steps = int(state["steps"])
+        self.episodes.load_state_dict(state["episodes"])
+        self.generator.set_state(state["generator"])
+        self.log.load_state_dict(state["log"])
+
+    def close(self) -> None:
+        """Close the environments."""
+        self.envs.close()
+
+
+class Trainer(Protocol):
+    """What every algorithm's trainer class provides (see :mod:`rl_training.registry`).
+
+    ``__init__(session)`` builds the networks, optimisers and buffers on
+    ``session.device``.
+    """
+
+    CPU_THREADS: ClassVar[int | None]
+    """Intra-op threads while training on the CPU (``None``: leave torch's setting)."""
+
+    def iteration(self) -> Mapping[str, Any]:
+        """Collect, compute targets, optimise; return the training row's values."""
+        ...
+
+    def saved_modules(self) -> dict[str, nn.Module]:
+        """The modules to save in the model file, by name."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state: tensors and plain containers only."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        ...
+
+
+class TrainerClass(Protocol):
+    """A trainer class: builds a :class:`Trainer` and rebuilds saved policies."""
+
+    CPU_THREADS: int | None
+    """Intra-op threads while training on the CPU."""
+
+    def __call__(self, session: Session[Any]) -> Trainer: ...
+
+    def load_policy(
+        self, saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    ) -> Policy:
+        """Rebuild the trained policy from a saved model, on the CPU."""
+        ...
+
+
+def trainer_class(spec: AlgorithmSpec) -> TrainerClass:
+    """Import the trainer class that ``spec`` names."""
+    module_name, _, class_name = spec.trainer.partition(":")
+    cls: TrainerClass = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def run_loop(session: Session[Any], trainer: Trainer) -> None:
+    """Run ``trainer`` until the budget is spent, logging its training rows."""
+    total = session.total_timesteps
+    while session.steps < total:
+        values = trainer.iteration()
+        session.log(session.steps, values)
+
+
+# -- state -------------------------------------------------------------------------------
+
+
+def state_of(owner: object, *names: str) -> dict[str, Any]:
+    """``{name: state}`` of ``owner``'s attributes, for a trainer's ``state_dict``.
+
+    Objects with a ``state_dict`` (modules, optimisers, buffers, the session) give
+    theirs; tensors are copied; mappings are walked; plain values are taken as they are.
+    """
+    return {name: _state(getattr(owner, name)) for name in names}
+
+
+def load_state(owner: object, state: Mapping[str, Any]) -> None:
+    """Restore what :func:`state_of` captured, in place where the attribute allows it.
+
+    Tensors are copied into (so views, such as flat parameters, stay views); objects
+    with ``load_state_dict`` load; anything else is replaced.
+    """
+    for name, value in state.items():
+        target = getattr(owner, name)
+        if hasattr(target, "load_state_dict"):
+            target.load_state_dict(value)
+        elif isinstance(target, torch.Tensor):
+            with torch.no_grad():
+                target.copy_(value)
+        else:
+            setattr(owner, name, value)
+
+
+def _state(value: Any) -> Any:
+    if hasattr(value, "state_dict"):
+        return value.state_dict()
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, Mapping):
+        return {key: _state(item) for key, item in value.items()}
+    return value
+
+
+__all__ = [
+    "PeriodicLog",
+    "Policy",
+    "Session",
+    "SpsTimer",
+    "Trainer",
+    "TrainerClass",
+    "load_state",
+    "run_loop",
+    "state_of",
+    "trainer_class",
+]
