@@ -21,7 +21,7 @@ import sys
 import textwrap
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -198,6 +198,12 @@ class PluginInstaller:
             sys.modules.pop(module, None)
 
 
+def _mentioned_under(root: Path, text: str) -> bool:
+    """Whether any file under ``root`` holds ``text`` (UTF-8), for sinks with no reader."""
+    needle = text.encode("utf-8")
+    return any(p.is_file() and needle in p.read_bytes() for p in root.rglob("*"))
+
+
 def _snapshot(root: Path) -> set[Path]:
     return set(root.rglob("*"))
 
@@ -207,6 +213,31 @@ class SinkContract:
 
     sink_name: ClassVar[str]
     """The name the sink is installed under."""
+
+    def read_back(self, run_context: RunContext) -> Mapping[str, list[tuple[int, float]]] | None:
+        """What the closed sink wrote, as ``key -> [(step, value), ...]``.
+
+        Override it where the sink's output can be read back (the built-ins read
+        ``metrics.jsonl`` and TensorBoard's events; a CSV sink its file): the
+        contract then checks every value and step exactly. The default, ``None``,
+        leaves a weaker check: the logged keys appear in a file under the run
+        directory.
+        """
+        return None
+
+    def _check_written(
+        self, run_context: RunContext, expected: Mapping[str, list[tuple[int, float]]]
+    ) -> None:
+        points = self.read_back(run_context)
+        if points is None:
+            for key in expected:
+                assert _mentioned_under(run_context.run_dir, key), f"{key!r} written nowhere"
+            return
+        for key, want in expected.items():
+            got = [(int(step), float(value)) for step, value in points.get(key, [])]
+            assert [s for s, _ in got] == [s for s, _ in want], key
+            for (_, a), (_, b) in zip(want, got, strict=True):
+                assert (math.isnan(a) and math.isnan(b)) or a == b, (key, a, b)
 
     @pytest.fixture
     def run_context(self, tmp_path: Path) -> RunContext:
@@ -231,15 +262,33 @@ class SinkContract:
         assert info.distribution and info.version
         assert info.distribution != "(registered directly)"
 
-    def test_takes_plain_scalars_including_non_finite(self, sink: Sink) -> None:
-        """Ints, floats, bools, NaN and +-inf are all accepted."""
+    def test_takes_plain_scalars_including_non_finite(
+        self, sink: Sink, run_context: RunContext
+    ) -> None:
+        """Ints, floats, bools, NaN and +-inf are all accepted and written as given."""
         sink.log_metrics({"a/int": 3, "a/float": 0.25, "a/bool": True}, 0)
         sink.log_metrics({"b/nan": math.nan, "b/inf": math.inf, "b/ninf": -math.inf}, 1)
+        sink.close()
+        self._check_written(
+            run_context,
+            {
+                "a/int": [(0, 3.0)],
+                "a/float": [(0, 0.25)],
+                "a/bool": [(0, 1.0)],
+                "b/nan": [(1, math.nan)],
+                "b/inf": [(1, math.inf)],
+                "b/ninf": [(1, -math.inf)],
+            },
+        )
 
-    def test_steps_may_start_at_zero_and_repeat(self, sink: Sink) -> None:
-        """Step 0 and a repeated step are fine."""
-        for step in (0, 0, 5, 5):
-            sink.log_metrics({"x": float(step)}, step)
+    def test_steps_may_start_at_zero_and_repeat(self, sink: Sink, run_context: RunContext) -> None:
+        """Step 0 and a repeated step are kept, in order."""
+        for i, step in enumerate((0, 0, 5, 5)):
+            sink.log_metrics({"x/repeated": float(i)}, step)
+        sink.close()
+        self._check_written(
+            run_context, {"x/repeated": [(0, 0.0), (0, 1.0), (5, 2.0), (5, 3.0)]}
+        )
 
     def test_accepts_empty_metrics(self, sink: Sink) -> None:
         """An empty mapping does not raise."""

@@ -84,6 +84,17 @@ RowObserver: TypeAlias = Callable[[Mapping[str, Scalar], int], None]
 (``rl-train``'s progress display is one)."""
 
 
+def closing_status(exc_type: type[BaseException] | None) -> str:
+    """The status a ``with`` block closes a logger or run with: ``"finished"`` on a
+    normal exit, ``"interrupted"`` by ``KeyboardInterrupt`` (and SIGTERM, which
+    ``rl-train`` delivers as one), ``"failed"`` by any other exception."""
+    if exc_type is None:
+        return "finished"
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "interrupted"
+    return "failed"
+
+
 class SinkFailureWarning(RuntimeWarning):
     """A sink raised, was reported once and dropped; the other sinks go on."""
 
@@ -186,12 +197,7 @@ class CompositeLogger:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.close("finished")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted")
-        else:
-            self.close("failed")
+        self.close(closing_status(exc_type))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -447,6 +453,7 @@ __all__ = [
     "Sink",
     "SinkFactory",
     "SinkFailureWarning",
+    "closing_status",
     "normalize_config",
     "normalize_metrics",
     "normalize_step",

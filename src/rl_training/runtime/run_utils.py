@@ -16,7 +16,7 @@ from typing import Any
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
-from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink
+from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink, closing_status
 from rl_training.plugins import PluginManager, discover_sinks
 from rl_training.runtime.context import RunContext, write_json_atomic
 from rl_training.runtime.plan import Plan, resolve_plan
@@ -114,12 +114,7 @@ class TrainingRun:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is None:
-            self.close("finished")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.close("interrupted")
-        else:
-            self.close("failed")
+        self.close(closing_status(exc_type))
 
 
 def create_training_run(

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from rl_training.trainers.envs import EnvStepper
+
 
 class RolloutBuffer:
     """One rollout of ``n_steps`` x ``num_envs`` transitions, preallocated.
@@ -158,6 +160,13 @@ class ReplayBuffer:
         self.scalars[rows] = scalars
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+
+    def collect(self, stepper: EnvStepper, action: torch.Tensor, env_action: np.ndarray) -> None:
+        """Step the environments with ``env_action`` and store the transitions, with
+        ``action`` as the trainer learns it (e.g. in ``[-1, 1]`` before scaling)."""
+        obs = stepper.obs
+        next_obs, reward, terminated, truncated = stepper.step(env_action)
+        self.add(obs, next_obs, action, reward, terminated, truncated)
 
     def state_dict(self) -> dict[str, Any]:
         """The filled rows (copies: a checkpoint holds only what was stored), and where

@@ -82,8 +82,7 @@ class DQNTrainer:
                 greedy = self.q_net(obs).argmax(-1)
             explore = torch.rand(hp.num_envs, generator=g, device=device) < eps
             action = torch.where(explore, random_actions, greedy)
-        next_obs, reward, terminated, truncated = stepper.step(action.cpu().numpy())
-        self.buffer.add(obs, next_obs, action, reward, terminated, truncated)
+        self.buffer.collect(stepper, action, action.cpu().numpy())
 
         # Compute targets and optimise
         if hp.trains_after(stepper.steps, stepper.vector_steps):
@@ -120,9 +119,8 @@ class DQNTrainer:
             self, "session", "q_net", "q_target", "optimizer", "buffer", "n_updates", "train_values"
         )
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        load_state(self, state)
+    load_state_dict = load_state
+    """Continue from :meth:`state_dict`."""
 
     @staticmethod
     def load_policy(

@@ -117,9 +117,8 @@ class PPOTrainer:
         """Network, optimiser, update count and the session's counters and generator."""
         return state_of(self, "session", "agent", "optimizer", "n_updates")
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        load_state(self, state)
+    load_state_dict = load_state
+    """Continue from :meth:`state_dict`."""
 
     @staticmethod
     def load_policy(

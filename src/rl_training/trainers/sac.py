@@ -113,14 +113,12 @@ class SACTrainer:
         actor, critic, log_alpha = self.actor, self.critic, self.log_alpha
 
         # Collect: uniform random actions until learning_starts, then the policy
-        obs = stepper.obs
         if stepper.steps < hp.learning_starts:
             action = torch.rand((hp.num_envs, self.act_size), generator=g, device=device) * 2 - 1
         else:
             with torch.no_grad():
-                action, _ = actor(obs, g)
-        next_obs, reward, terminated, truncated = stepper.step(scale_action(action, self.act_space))
-        self.buffer.add(obs, next_obs, action, reward, terminated, truncated)
+                action, _ = actor(stepper.obs, g)
+        self.buffer.collect(stepper, action, scale_action(action, self.act_space))
 
         if not hp.trains_after(stepper.steps, stepper.vector_steps):
             return self.train_values
@@ -179,9 +177,8 @@ class SACTrainer:
             "log_alpha", "alpha_opt", "buffer", "n_updates", "train_values",
         )  # fmt: skip
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        load_state(self, state)
+    load_state_dict = load_state
+    """Continue from :meth:`state_dict`."""
 
     @staticmethod
     def load_policy(

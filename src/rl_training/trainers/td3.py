@@ -79,17 +79,15 @@ class TD3Trainer:
         actor, critic = self.actor, self.critic
 
         # Collect: uniform random actions until learning_starts, then mu(s) + noise
-        obs = stepper.obs
         if stepper.steps < hp.learning_starts:
             action = torch.rand((hp.num_envs, self.act_size), generator=g, device=device) * 2 - 1
         else:
             with torch.no_grad():
-                action = actor(obs)
+                action = actor(stepper.obs)
                 if hp.action_noise > 0:
                     noise = torch.randn(action.shape, generator=g, device=device)
                     action = (action + hp.action_noise * noise).clamp(-1.0, 1.0)
-        next_obs, reward, terminated, truncated = stepper.step(scale_action(action, self.act_space))
-        self.buffer.add(obs, next_obs, action, reward, terminated, truncated)
+        self.buffer.collect(stepper, action, scale_action(action, self.act_space))
 
         if not hp.trains_after(stepper.steps, stepper.vector_steps):
             return self.train_values
@@ -137,9 +135,8 @@ class TD3Trainer:
             "critic_opt", "buffer", "n_updates", "train_values",
         )  # fmt: skip
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
-        load_state(self, state)
+    load_state_dict = load_state
+    """Continue from :meth:`state_dict`."""
 
     @staticmethod
     def load_policy(
