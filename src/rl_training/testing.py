@@ -286,9 +286,7 @@ class SinkContract:
         for i, step in enumerate((0, 0, 5, 5)):
             sink.log_metrics({"x/repeated": float(i)}, step)
         sink.close()
-        self._check_written(
-            run_context, {"x/repeated": [(0, 0.0), (0, 1.0), (5, 2.0), (5, 3.0)]}
-        )
+        self._check_written(run_context, {"x/repeated": [(0, 0.0), (0, 1.0), (5, 2.0), (5, 3.0)]})
 
     def test_accepts_empty_metrics(self, sink: Sink) -> None:
         """An empty mapping does not raise."""
