@@ -227,7 +227,7 @@ def test_plugin_sink_receives_status_on_close(tiny_config, install_plugin):
         run.logger.log_metrics({"b": 2, "a": 1.5}, 4)
         raise KeyboardInterrupt
     lines = (run.run_dir / "recording.txt").read_text().splitlines()
-    assert lines[0].startswith("config ['algo', 'device'")
+    assert lines[0].startswith("config ['algo', 'checkpoint_every', 'device'")
     assert lines[1:] == ["metrics 4 [('a', 1.5), ('b', 2)]", "close interrupted"]
 
 

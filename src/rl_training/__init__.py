@@ -17,9 +17,9 @@ from rl_training.runtime.run_utils import (
 )
 
 if TYPE_CHECKING:
-    from rl_training.trainers import EvalResult, TrainResult, evaluate, train
+    from rl_training.trainers import EvalResult, TrainResult, evaluate, resume, train
 
-_LAZY = frozenset({"EvalResult", "TrainResult", "evaluate", "train"})
+_LAZY = frozenset({"EvalResult", "TrainResult", "evaluate", "resume", "train"})
 
 
 def __getattr__(name: str) -> Any:
@@ -47,5 +47,6 @@ __all__ = [
     "create_training_run",
     "evaluate",
     "hookimpl",
+    "resume",
     "train",
 ]

@@ -1,8 +1,11 @@
-"""``rl-train``: parse options, build the config, train, print one summary line.
+"""``rl-train``: parse options, build the config, train or resume, print one summary line.
 
-Bad input exits 2 with one line on stderr (no traceback, no run directory). Ctrl-C
-(SIGINT) and SIGTERM close every sink, mark the run ``"interrupted"``, print the run
-directory and exit 130 and 143.
+Bad input exits 2 and an OS error (a full disk, a directory that cannot be made)
+exits 1, each with one line on stderr and no traceback; bad input leaves no run
+directory. Ctrl-C (SIGINT) or SIGTERM stops at the next whole-state point: a
+checkpoint, every sink closed, the run marked ``"interrupted"``, the run directory
+printed, exit 130 or 143. A second Ctrl-C stops at once (no checkpoint), still
+closing every sink.
 """
 
 from __future__ import annotations
@@ -14,15 +17,22 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rl_training import hyperparams as hp_module
 from rl_training.config import DEFAULT_LOG_SINKS, TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.registry import ALGOS, get_spec
-from rl_training.runtime.signals import Terminated, stop_on_signals
+from rl_training.runtime.run_utils import SinkCreationError
+from rl_training.runtime.signals import Terminated, graceful_stop, ignore_stop_signals
 
+if TYPE_CHECKING:
+    from rl_training.runtime.run_utils import TrainingRun
+    from rl_training.trainers import TrainResult  # imports torch: only where training
+
+EXIT_OS_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -44,18 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--algo", choices=ALGOS, help="algorithm")
     parser.add_argument("--env-id", help="gymnasium environment id, e.g. CartPole-v1")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
     parser.add_argument("--total-timesteps", type=int, help="environment steps to train for")
-    parser.add_argument(
-        "--output-dir", default="runs", help="where run directories go (default: runs)"
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)"
-    )
+    parser.add_argument("--output-dir", help="where run directories go (default: runs)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument(
         "--log-sinks",
-        default=",".join(DEFAULT_LOG_SINKS),
         help=f"comma-separated sinks (default: {','.join(DEFAULT_LOG_SINKS)}; see --list-sinks)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="environment steps between checkpoints (default: a tenth of the run; 0: none "
+        "but on a stop and at the end)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its checkpoint, in place (--total-timesteps may raise "
+        "its budget)",
     )
     parser.add_argument(
         "--hp",
@@ -76,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rl-train`` and ``python -m rl_training``; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # Paths that are not UTF-8 (decoded with surrogates) print as their own bytes.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -83,11 +105,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             return list_sinks(as_json=args.json)
         if args.list_hyperparams:
             return list_hyperparams(args.algo)
-        config = _config_from_args(args)
-        return _train(config, args)
+        if args.resume is not None:
+            return _resume(args)
+        return _train(_config_from_args(args), args)
     except ConfigError as error:
-        print(f"rl-train: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(EXIT_BAD_INPUT, str(error))
+    except FileNotFoundError as error:  # --resume of a directory without a checkpoint
+        return _fail(EXIT_BAD_INPUT, describe_os_error(error))
+    except OSError as error:
+        return _fail(EXIT_OS_ERROR, describe_os_error(error))
+    except SinkCreationError as error:
+        return _fail(EXIT_OS_ERROR, str(error))
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"rl-train: error: {message}", file=sys.stderr)
+    return code
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line naming the path and the OS error, e.g. ``runs/x: No space left on device``."""
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    reason = error.strerror or str(error)
+    where = " -> ".join(map(str, paths))
+    return f"{where}: {reason}" if where else reason
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -105,12 +146,13 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         algo=args.algo,
         env_id=args.env_id,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         total_timesteps=args.total_timesteps,
-        output_dir=args.output_dir,
-        device=args.device,
-        log_sinks=args.log_sinks,
+        output_dir="runs" if args.output_dir is None else args.output_dir,
+        device="auto" if args.device is None else args.device,
+        log_sinks=DEFAULT_LOG_SINKS if args.log_sinks is None else args.log_sinks,
         hyperparams=parse_hyperparams(args.algo, args.hp),
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -227,29 +269,60 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
 
 
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
-    # Imported here: --help, --list-sinks and bad input stay fast without torch.
     from rl_training.runtime.run_utils import create_training_run
-    from rl_training.trainers import fit
+    from rl_training.trainers import fit  # here: --help and bad input stay fast without torch
 
-    run = create_training_run(config, args.run_suffix)  # checks everything before disk
-    progress = None if args.quiet else Progress(config.total_timesteps, sys.stderr)
-    if progress is not None:
+    # Handlers first: a signal at any moment leaves no run directory, or one that
+    # says "interrupted". They stay ours to the end (see _drive).
+    with graceful_stop(restore=False):
+        run = create_training_run(config, args.run_suffix)  # checks everything before disk
+        return _drive(run, lambda: fit(run), args)
+
+
+_FIXED_ON_RESUME = ("algo", "env_id", "seed", "output_dir", "device", "log_sinks", "run_suffix",
+                    "checkpoint_every")  # fmt: skip
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from rl_training.trainers import fit, open_resumed_run
+
+    fixed = [f"--{name.replace('_', '-')}" for name in _FIXED_ON_RESUME if getattr(args, name)]
+    if fixed or args.hp:
+        raise ConfigError(
+            f"--resume continues a run as it was configured; {', '.join(fixed or ['--hp'])} "
+            "cannot change (only --total-timesteps can)"
+        )
+    with graceful_stop(restore=False):
+        run, state = open_resumed_run(Path(args.resume), args.total_timesteps)
+        return _drive(run, lambda: fit(run, state), args)
+
+
+def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Namespace) -> int:
+    """Run ``body`` in the open ``run``; print the summary, or the run directory on a stop."""
+    config = run.run_context.config
+    progress = None
+    if not args.quiet:
+        start = run.run_context.resume_step or 0
+        progress = Progress(config.total_timesteps, sys.stderr, start=start)
         run.logger.add_observer(progress)
     try:
-        with stop_on_signals(), run:
-            result = fit(run)
+        with run:
+            result = body()
     except KeyboardInterrupt as interrupt:
+        ignore_stop_signals()  # finishing: a late Ctrl-C must not become a traceback
         if progress is not None:
             progress.close()
         print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
         print(run.run_dir, flush=True)
         return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
+    ignore_stop_signals()
     if progress is not None:
         progress.close()
     mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
     print(
         f"run {result.run_dir} | steps {result.steps} | wall time {result.wall_time_s:.1f}s | "
-        f"mean return (last 20 episodes) {mean} | view: tensorboard --logdir {config.output_dir}",
+        f"mean return (last 20 episodes) {mean} | view: tensorboard --logdir "
+        f"{run.run_dir.parent}",
         flush=True,
     )
     return 0
@@ -262,19 +335,23 @@ class Progress:
     ``interval`` seconds, which reads well in a log file.
     """
 
-    def __init__(self, total: int, stream: TextIO, interval: float = 10.0) -> None:
+    def __init__(
+        self, total: int, stream: TextIO, interval: float = 10.0, *, start: int = 0
+    ) -> None:
         self._total = total
         self._stream = stream
         self._interval = interval
         self._returns: list[float] = []
         self._sps = math.nan
-        self._step = 0
+        self._step = start
         self._last_print = time.monotonic()
         self._bar: Any = None
         if stream.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, file=stream, unit="step", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=start, file=stream, unit="step", dynamic_ncols=True
+            )
 
     def __call__(self, metrics: Mapping[str, Any], step: int) -> None:
         """Take one logged row."""

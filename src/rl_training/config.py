@@ -16,6 +16,12 @@ from rl_training.registry import ALGOS, AlgorithmSpec, get_spec
 DEFAULT_LOG_SINKS: tuple[str, ...] = ("json", "tensorboard")
 """Sinks a run logs to unless told otherwise."""
 
+MAX_SEED = 2**64 - 1
+"""The largest seed: torch's generators take 64-bit seeds."""
+
+MAX_STEPS = 2**63 - 1
+"""The largest step count: steps are logged as signed 64-bit ints."""
+
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -47,6 +53,10 @@ class TrainConfig:
     """Names of the sinks to log to (see ``rl-train --list-sinks``)."""
     hyperparams: Mapping[str, Any] = field(default_factory=dict)
     """Overrides of the algorithm's hyperparameters (see :mod:`rl_training.hyperparams`)."""
+    checkpoint_every: int | None = None
+    """Environment steps between checkpoints (``run_dir / "checkpoint.pt"``): ``None``
+    is about a tenth of ``total_timesteps``, ``0`` none during training. A checkpoint
+    is also written when the run is stopped by SIGINT/SIGTERM and when it finishes."""
 
     def __post_init__(self) -> None:
         spec = get_spec(self.algo)
@@ -55,8 +65,10 @@ class TrainConfig:
                 f"env_id: {self.env_id!r} is not a gymnasium environment id "
                 "(a non-empty string such as 'CartPole-v1')"
             )
-        _require_int("seed", self.seed, minimum=0)
-        _require_int("total_timesteps", self.total_timesteps, minimum=1)
+        _require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        _require_int("total_timesteps", self.total_timesteps, minimum=1, maximum=MAX_STEPS)
+        if self.checkpoint_every is not None:
+            _require_int("checkpoint_every", self.checkpoint_every, minimum=0, maximum=MAX_STEPS)
         if not isinstance(self.output_dir, (str, Path)) or str(self.output_dir) == "":
             raise ConfigError(
                 f"output_dir: {self.output_dir!r} is not a directory path (str or Path)"
@@ -82,6 +94,13 @@ class TrainConfig:
         """The algorithm's entry in :data:`rl_training.registry.ALGORITHMS`."""
         return get_spec(self.algo)
 
+    @property
+    def checkpoint_interval(self) -> int:
+        """Environment steps between checkpoints during training (0: none)."""
+        if self.checkpoint_every is None:
+            return max(self.total_timesteps // 10, 1)
+        return self.checkpoint_every
+
     def algo_hyperparams(self) -> Hyperparams:
         """The algorithm's hyperparameter dataclass with ``hyperparams`` applied.
 
@@ -101,6 +120,7 @@ class TrainConfig:
             "device": self.device,
             "log_sinks": list(self.log_sinks),
             "hyperparams": dict(self.hyperparams),
+            "checkpoint_every": self.checkpoint_every,
             "resolved_hyperparams": dataclasses.asdict(self.algo_hyperparams()),
         }
 
@@ -133,11 +153,12 @@ class ReadOnlyDict(Mapping[str, Any]):
         return (type(self), (self._data,))
 
 
-def _require_int(name: str, value: object, *, minimum: int) -> None:
+def _require_int(name: str, value: object, *, minimum: int, maximum: int) -> None:
+    accepted = f"integers >= {minimum} and < 2**{(maximum + 1).bit_length() - 1}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: {value!r} is not an integer (accepted: integers >= {minimum})")
-    if value < minimum:
-        raise ConfigError(f"{name}: {value!r} is out of range (accepted: integers >= {minimum})")
+        raise ConfigError(f"{name}: {value!r} is not an integer (accepted: {accepted})")
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name}: {value!r} is out of range (accepted: {accepted})")
 
 
 def _sink_names(value: object) -> tuple[str, ...]:
@@ -164,4 +185,4 @@ def _sink_names(value: object) -> tuple[str, ...]:
     return tuple(names)  # type: ignore[arg-type]  # every item checked to be a str above
 
 
-__all__ = ["ALGOS", "DEFAULT_LOG_SINKS", "TrainConfig"]
+__all__ = ["ALGOS", "DEFAULT_LOG_SINKS", "MAX_SEED", "MAX_STEPS", "TrainConfig"]

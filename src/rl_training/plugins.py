@@ -156,7 +156,9 @@ class PluginManager(pluggy.PluginManager):
                     if self.is_registered(plugin):  # one module behind two entry points
                         continue
                     self.register(plugin, name=name)
-                except Exception as error:  # noqa: BLE001  # any broken plugin, reported
+                except BaseException as error:  # any broken plugin (SystemExit too), reported
+                    if isinstance(error, KeyboardInterrupt):
+                        raise
                     failure = PluginFailure(
                         entry_point=f"{ep.name} = {ep.value}",
                         distribution=f"{dist_name} {dist.version}",
@@ -224,7 +226,9 @@ def discover_sinks(pm: PluginManager | None = None) -> SinkCatalog:
                     raise TypeError(
                         f"sink {name!r} -> {factory!r} is not a name and a callable factory"
                     )
-        except Exception as error:  # noqa: BLE001  # a broken plugin must not hide the rest
+        except BaseException as error:  # a broken plugin must not hide the rest
+            if isinstance(error, KeyboardInterrupt):
+                raise
             failure = PluginFailure(
                 plugin_name, f"{dist_name} {version}", f"{type(error).__name__}: {error}"
             )

@@ -15,7 +15,6 @@ import numbers
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, runtime_checkable
 
 import numpy as np
@@ -40,6 +39,12 @@ Metrics: TypeAlias = Mapping[str, ScalarLike]
 
 RESERVED_KEYS: frozenset[str] = frozenset({"step", "time"})
 """Keys that belong to the row itself, not to a metric."""
+
+MAX_STEP = 2**63 - 1
+"""The largest step: TensorBoard (and most stores) keep steps as signed 64-bit ints."""
+
+_MAX_FLOAT_INT = int(sys.float_info.max)
+"""Ints beyond this have no float, which TensorBoard and most stores need."""
 
 STATUSES: tuple[str, ...] = ("finished", "failed", "interrupted")
 """How a run can end: the values ``close(status=...)`` accepts."""
@@ -113,6 +118,8 @@ class CompositeLogger:
         self._strict = strict
         self._closed = False
         self._observers: list[RowObserver] = []
+        # Keys already checked: a row's keys repeat, so each is checked once per logger.
+        self._known_keys: set[str] = set()
         # Decided once: whether each sink's close() takes the status keyword.
         self._close_takes_status = {name: _accepts_status(s) for name, s in self._sinks.items()}
 
@@ -156,11 +163,12 @@ class CompositeLogger:
             RuntimeError: the logger is closed.
             TypeError: a value is not :data:`ScalarLike` (the key is named), or
                 ``step`` is not an integer.
-            ValueError: ``step`` is negative, or a key is reserved or empty.
+            ValueError: ``step`` is negative or beyond :data:`MAX_STEP`; a key is
+                reserved, empty or not encodable as UTF-8; an int is beyond float range.
         """
         self._check_open()
         plain_step = normalize_step(step)
-        plain = normalize_metrics(metrics)
+        plain = normalize_metrics(metrics, self._known_keys)
         if plain:
             self._fan_out("log_metrics", plain, plain_step)
             for observer in self._observers:
@@ -186,7 +194,9 @@ class CompositeLogger:
                     sink.close(status=status)  # type: ignore[call-arg]  # checked above
                 else:
                     sink.close()
-            except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
+            except BaseException as error:  # one sink must not stop the rest
+                if isinstance(error, KeyboardInterrupt):
+                    raise
                 errors.append(error)
                 self._report(name, "close", error)
         self._sinks.clear()
@@ -211,7 +221,9 @@ class CompositeLogger:
             for name, sink in list(self._sinks.items()):
                 try:
                     getattr(sink, method)(*args)
-                except Exception as error:  # noqa: BLE001  # one sink must not stop the rest
+                except BaseException as error:  # one sink must not stop the rest...
+                    if isinstance(error, KeyboardInterrupt):  # ...but Ctrl-C stops everything
+                        raise
                     if first_error is None:
                         first_error = error
                     if not self._strict:
@@ -227,8 +239,9 @@ class CompositeLogger:
                 sink.close(status="failed")  # type: ignore[call-arg]
             else:
                 sink.close()
-        except Exception:  # noqa: BLE001, S110
-            pass
+        except BaseException as error:  # noqa: BLE001
+            if isinstance(error, KeyboardInterrupt):
+                raise
 
     def _report(self, name: str, method: str, error: BaseException) -> None:
         if self._strict:
@@ -265,7 +278,7 @@ def normalize_step(step: object) -> int:
 
     Raises:
         TypeError: not an integer (``bool`` and floats included).
-        ValueError: negative.
+        ValueError: negative, or beyond :data:`MAX_STEP`.
     """
     tensor_type = _tensor_type()
     if isinstance(step, (bool, np.bool_)):
@@ -282,21 +295,31 @@ def normalize_step(step: object) -> int:
             f"step must be a non-negative integer (Python, numpy or torch), got "
             f"{type(step).__name__} {step!r}"
         )
-    if value < 0:
-        raise ValueError(f"step must be a non-negative integer, got {value}")
+    if not 0 <= value <= MAX_STEP:
+        raise ValueError(
+            f"step must be a non-negative integer up to 2**63 - 1 (a signed 64-bit int), "
+            f"got {value}"
+        )
     return value
 
 
-def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
+def normalize_metrics(
+    metrics: Mapping[str, Any], known_keys: set[str] | None = None
+) -> dict[str, Scalar]:
     """Check every key and value; return plain Python scalars in the same order.
 
     Tensors on an accelerator are gathered per device and copied to the host in
     one transfer, so a call with many CUDA scalars costs one synchronisation.
 
+    Args:
+        metrics: One row.
+        known_keys: Keys checked before (they are skipped); new good keys are added.
+
     Raises:
         TypeError: ``metrics`` is not a mapping, a key is not a string, or a value
             is not :data:`ScalarLike` (the key is named).
-        ValueError: a key is empty or reserved (:data:`RESERVED_KEYS`).
+        ValueError: a key is empty, reserved (:data:`RESERVED_KEYS`) or not
+            encodable as UTF-8 (a lone surrogate); an int is beyond float range.
     """
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of str to scalar, got {type(metrics).__name__}")
@@ -304,17 +327,16 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
     tensors: dict[Any, list[tuple[str, Any]]] = {}  # device -> [(key, tensor)]
     tensor_type = _tensor_type()
     for key, value in metrics.items():
-        if not isinstance(key, str):
-            raise TypeError(f"metric key {key!r} is not a string")
-        if not key or key in RESERVED_KEYS:
-            raise ValueError(
-                f"metric key {key!r} is reserved or empty (reserved: "
-                f"{', '.join(sorted(RESERVED_KEYS))}); pick another name"
-            )
+        if known_keys is None or key not in known_keys:
+            _check_key(key)
+            if known_keys is not None:
+                known_keys.add(key)
         # Fast path first: plain Python numbers are what trainers mostly log.
         kind = type(value)
-        if kind is float or kind is int or kind is bool:
+        if kind is float or kind is bool:
             out[key] = value
+        elif kind is int:
+            out[key] = _check_int(key, value)
         elif tensor_type is not None and isinstance(value, tensor_type):
             if value.is_cpu:  # nothing to transfer: .item() is the cheapest read
                 out[key] = _tensor_item(key, value)
@@ -329,8 +351,10 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
                 tensors.setdefault(value.device, []).append((key, value))
         elif isinstance(value, (np.generic, np.ndarray)):
             out[key] = _numpy_scalar(key, value)
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            out[key] = _check_int(key, int(value))
         elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            out[key] = int(value) if isinstance(value, numbers.Integral) else float(value)
+            out[key] = float(value)
         elif isinstance(value, bool):  # a bool subclass
             out[key] = bool(value)
         else:
@@ -341,6 +365,32 @@ def normalize_metrics(metrics: Mapping[str, Any]) -> dict[str, Scalar]:
     for items in tensors.values():
         _gather_to_host(items, out)
     return out
+
+
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"metric key {key!r} is not a string")
+    if not key or key in RESERVED_KEYS:
+        raise ValueError(
+            f"metric key {key!r} is reserved or empty (reserved: "
+            f"{', '.join(sorted(RESERVED_KEYS))}); pick another name"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"metric key {key!r} is not valid text ({error.reason} at position "
+            f"{error.start}); keys must be encodable as UTF-8"
+        ) from None
+
+
+def _check_int(key: str, value: int) -> int:
+    if -_MAX_FLOAT_INT <= value <= _MAX_FLOAT_INT:
+        return value
+    raise ValueError(
+        f"metric {key!r}: an int of {value.bit_length()} bits is beyond float range "
+        "(about +-1.8e308), which sinks such as TensorBoard need"
+    )
 
 
 def _gather_to_host(items: list[tuple[str, Any]], out: dict[str, Any]) -> None:
@@ -418,17 +468,19 @@ def normalize_config(value: Any) -> Any:
 
     Dataclasses become dicts, tuples and sets lists, numpy and one-element torch
     values Python numbers, and anything else (a ``Path``, an enum...) its ``str``.
+    Text that is not valid Unicode keeps its odd characters as ``\\uXXXX`` escapes,
+    so every sink can store it.
     """
     if value is None or isinstance(value, (bool, int, float, str)):
         if isinstance(value, enum.Enum):
             return value.value if isinstance(value.value, (str, int, float)) else str(value)
-        return value
+        return _text(value) if isinstance(value, str) else value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         to_dict = getattr(value, "to_dict", None)
         raw = to_dict() if callable(to_dict) else dataclasses.asdict(value)
         return normalize_config(raw)
     if isinstance(value, Mapping):
-        return {str(k): normalize_config(v) for k, v in value.items()}
+        return {_text(str(k)): normalize_config(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [normalize_config(v) for v in items]
@@ -436,12 +488,21 @@ def normalize_config(value: Any) -> Any:
         return normalize_config(value.tolist())
     if _is_tensor(value):
         return normalize_config(value.detach().cpu().tolist())
-    if isinstance(value, PurePath):
-        return str(value)
-    return str(value)
+    return _text(str(value))
+
+
+def _text(value: str) -> str:
+    """``value``, or where it is not valid Unicode (a file name that is not UTF-8,
+    decoded with surrogates) the same text with those characters as ``\\udcXX``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 __all__ = [
+    "MAX_STEP",
     "RESERVED_KEYS",
     "STATUSES",
     "CompositeLogger",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,10 @@ class RunContext:
     """The run's configuration."""
     run_dir: Path
     """A directory of this run alone, directly under ``config.output_dir``."""
+    resume_step: int | None = None
+    """``None`` for a fresh run. When the run is resumed in place, the checkpoint's
+    step S: a sink keeps what it holds up to S and drops anything logged after S by
+    the earlier attempt, so the run keeps one continuous history."""
 
     @property
     def name(self) -> str:
@@ -54,20 +60,138 @@ class RunContext:
         """``run_dir / "model.pt"``: the final model, saved by the trainer."""
         return self.run_dir / "model.pt"
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """``run_dir / "checkpoint.pt"``: the latest checkpoint, replaced atomically."""
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def lock_path(self) -> Path:
+        """``run_dir / ".lock"``: locked while a process has the run open."""
+        return self.run_dir / ".lock"
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write pretty, key-sorted JSON through a temporary file and a rename.
 
     A reader, or a process killed mid-write, sees the old file or the new one,
-    never a truncated one.
+    never a truncated one. Text that is not valid Unicode (a non-UTF-8 file name
+    decoded with surrogates) is written as ``\\uXXXX`` escapes, so the file is
+    always UTF-8. A failed write leaves no temporary file.
+
+    Raises:
+        OSError: the file cannot be written (the old one, if any, is intact).
+    """
+    write_bytes_atomic(path, json_bytes(data))
+
+
+def json_bytes(data: Any) -> bytes:
+    """Pretty, key-sorted, strict JSON as UTF-8 (invalid Unicode escaped), ending in a newline."""
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see :func:`replacing`).
+
+    Raises:
+        OSError: it cannot be written; the old file is kept, no temporary file is left.
+    """
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary path to write; on success it is fsynced and renamed onto ``path``.
+
+    A reader, or a process killed at any moment, sees the old file or the new one,
+    never a partial one. On any error (a full disk, an interrupt) the temporary
+    file is removed and the old file stays.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        # Name the file the caller meant, not the temporary one (or none at all).
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rewrite_in_place(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` with ``data`` without a second file: the last resort on a
+    full disk, where :func:`replacing` has no room for its temporary file. Not atomic:
+    a process killed mid-write can leave ``path`` truncated."""
+    with open(path, "r+b") as f:
+        f.truncate(0)  # frees the old blocks first: a file of about the same size fits
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
-__all__ = ["RunContext", "write_json_atomic"]
+class RunLock:
+    """An exclusive lock on a run directory, held while a process has the run open.
+
+    ``flock`` on ``run_dir / ".lock"``: the kernel releases it when the process
+    ends in any way, ``SIGKILL`` included, so a dead run never stays locked.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; ``False`` if another process holds it."""
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def mark(self) -> None:
+        """Write this process's pid into the lock file, for :meth:`holder` (once the
+        run is really open: a refused resume leaves the file as it was)."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def holder(self) -> str:
+        """The pid written by the process holding the lock, or ``"?"``."""
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        """Let go of the lock (closing the descriptor releases it); a second call does nothing."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+__all__ = [
+    "RunContext",
+    "RunLock",
+    "json_bytes",
+    "replacing",
+    "rewrite_in_place",
+    "write_bytes_atomic",
+    "write_json_atomic",
+]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import getpass
 import importlib.metadata as metadata
+import json
 import os
 import platform
 import re
@@ -16,13 +18,28 @@ from typing import Any
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
-from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink, closing_status
-from rl_training.plugins import PluginManager, discover_sinks
-from rl_training.runtime.context import RunContext, write_json_atomic
+from rl_training.experiment.logging import (
+    STATUSES,
+    CompositeLogger,
+    Sink,
+    closing_status,
+    normalize_config,
+)
+from rl_training.plugins import PluginManager, SinkInfo, discover_sinks
+from rl_training.runtime.context import (
+    RunContext,
+    RunLock,
+    json_bytes,
+    rewrite_in_place,
+    write_json_atomic,
+)
 from rl_training.runtime.plan import Plan, resolve_plan
+from rl_training.runtime.signals import shielded
 
 _SUFFIX_RE = re.compile(r"[A-Za-z0-9_.+=-]+")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_.+=-]+")
+_NAME_MAX = 255
+"""Bytes in a file name on the usual file systems (ext4, xfs, tmpfs, APFS...)."""
 
 
 class SinkCreationError(RuntimeError):
@@ -45,12 +62,19 @@ def create_run_context(config: TrainConfig, run_suffix: str | None = None) -> Ru
             "(accepted: letters, digits and _ . + = -)"
         )
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir: {str(output_dir)!r} is a file, not a directory")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     env = _UNSAFE_RE.sub("_", config.env_id)
     base = f"{config.algo}-{env}-s{config.seed}-{stamp}"
     if run_suffix:
         base = f"{base}-{run_suffix}"
+    if len(os.fsencode(base)) > _NAME_MAX - 4:  # room for a "-NNN" clash suffix
+        raise ConfigError(
+            f"run_suffix: the run directory's name would be {len(os.fsencode(base))} bytes "
+            f"({base[:40]}...); file systems take {_NAME_MAX}: use a shorter run_suffix"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
     attempt = 1
     while True:
         run_dir = output_dir / (base if attempt == 1 else f"{base}-{attempt}")
@@ -68,11 +92,18 @@ class TrainingRun:
     """An open run: its :class:`RunContext`, its :class:`CompositeLogger`, its ``run.json``.
 
     Use it as a context manager; leaving by an exception closes it ``"failed"``, by
-    ``KeyboardInterrupt`` ``"interrupted"``.
+    ``KeyboardInterrupt`` ``"interrupted"``. While it is open it holds the run
+    directory's lock, so no other process can resume the same run.
     """
 
     def __init__(
-        self, run_context: RunContext, logger: CompositeLogger, plan: Plan | None = None
+        self,
+        run_context: RunContext,
+        logger: CompositeLogger,
+        plan: Plan | None = None,
+        *,
+        lock: RunLock | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         self.run_context = run_context
         """Where the run writes."""
@@ -83,7 +114,12 @@ class TrainingRun:
         the built-in trainers; ``None`` for a run of other training code."""
         self.status = "running"
         """``"running"`` until closed, then the closing status."""
-        self._info: dict[str, Any] = _run_info(run_context, logger.sink_names)
+        self._lock = lock
+        if lock is not None:
+            lock.mark()
+        self._info: dict[str, Any] = normalize_config(
+            info or _run_info(run_context, logger.sink_names)
+        )
         write_json_atomic(run_context.run_info_path, self._info)
 
     @property
@@ -92,29 +128,40 @@ class TrainingRun:
         return self.run_context.run_dir
 
     def close(self, status: str = "finished") -> None:
-        """Flush and close every sink and record ``status`` in ``run.json``.
+        """Flush and close every sink, record ``status`` in ``run.json``, release the lock.
 
-        A second call does nothing.
+        A second call does nothing. A second Ctrl-C while closing is ignored, so every
+        sink is closed.
 
         Raises:
             ValueError: ``status`` is not ``"finished"``, ``"failed"`` or ``"interrupted"``.
+            OSError: ``run.json`` could not be written (the sinks are closed all the same).
         """
         if status not in STATUSES:
             raise ConfigError(f"status: {status!r} is not one of {', '.join(map(repr, STATUSES))}")
         if self.status != "running":
             return
         self.status = status
-        try:
-            self.logger.close(status)
-        finally:
-            self._info.update(status=status, end_time=_utc_now())
-            write_json_atomic(self.run_context.run_info_path, self._info)
+        with shielded():
+            try:
+                self.logger.close(status)
+            finally:
+                try:
+                    self._info.update(status=status, end_time=_utc_now())
+                    _write_run_info(self.run_context.run_info_path, self._info)
+                finally:
+                    if self._lock is not None:
+                        self._lock.release()
 
     def __enter__(self) -> TrainingRun:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         self.close(closing_status(exc_type))
+
+
+class RunInUseError(ConfigError):
+    """The run directory is open in another, live process."""
 
 
 def create_training_run(
@@ -140,31 +187,19 @@ def create_training_run(
             sinks), CUDA is asked for and absent, the env id is unknown, or the env's
             spaces do not fit the algorithm.
         SinkCreationError: a sink's factory raised (the message names the sink).
+        OSError: the run directory cannot be made (nothing is left behind).
     """
     infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
     plan = resolve_plan(config)
     output_dir = Path(config.output_dir)
     made_output_dir = not output_dir.exists()
     context = create_run_context(config, run_suffix)
-    sinks: dict[str, Sink] = {}
+    lock = RunLock(context.lock_path)
     try:
-        for info in infos:
-            try:
-                sinks[info.name] = info.factory(context)
-            except Exception as error:
-                raise SinkCreationError(
-                    f"log sink {info.name!r} ({info.provider}) failed to start: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
-        logger = CompositeLogger(sinks, strict=strict)
-        run = TrainingRun(context, logger, plan)
-        logger.log_config(config.to_dict())
+        lock.acquire()  # a directory this call just made: the lock is free
+        return _open(context, infos, plan, strict, lock, None)
     except BaseException:
-        for sink in sinks.values():
-            try:
-                sink.close()
-            except Exception:  # noqa: BLE001, S110  # already failing; report the first error
-                pass
+        lock.release()
         shutil.rmtree(context.run_dir, ignore_errors=True)
         if made_output_dir:
             try:
@@ -172,7 +207,97 @@ def create_training_run(
             except OSError:
                 pass
         raise
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    """Take the lock of an existing run directory.
+
+    Raises:
+        RunInUseError: a live process has the run open.
+    """
+    lock = RunLock(run_dir / ".lock")
+    if not lock.acquire():
+        raise RunInUseError(
+            f"run {run_dir} is in use by a live process (pid {lock.holder()}); "
+            "wait for it to end or stop it first"
+        )
+    return lock
+
+
+def reopen_training_run(
+    run_dir: Path,
+    config: TrainConfig,
+    resume_step: int,
+    lock: RunLock,
+    *,
+    strict: bool = False,
+    plugin_manager: PluginManager | None = None,
+) -> TrainingRun:
+    """Open an existing run again, in place, to continue it from ``resume_step``.
+
+    The caller holds the run's ``lock`` (see :func:`lock_run`); it passes to the run.
+    Sinks get ``RunContext.resume_step`` and drop what the earlier attempt logged
+    after it; ``run.json`` goes back to ``"running"`` and records the resume.
+
+    Raises:
+        ValueError: as :func:`create_training_run`, before anything changes on disk.
+        SinkCreationError: a sink's factory raised.
+    """
+    infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
+    plan = resolve_plan(config)
+    context = RunContext(config=config, run_dir=run_dir, resume_step=resume_step)
+    try:
+        info = json.loads(context.run_info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = _run_info(context, tuple(config.log_sinks))
+    info.update(status="running", end_time=None)
+    info.setdefault("resumes", []).append(
+        {"step": resume_step, "time": _utc_now(), "command": list(sys.argv), "pid": os.getpid()}
+    )
+    return _open(context, infos, plan, strict, lock, info)
+
+
+def _open(
+    context: RunContext,
+    infos: list[SinkInfo],
+    plan: Plan,
+    strict: bool,
+    lock: RunLock,
+    info: dict[str, Any] | None,
+) -> TrainingRun:
+    """Start every sink, write ``run.json``, log the config; close the sinks on failure."""
+    sinks: dict[str, Sink] = {}
+    try:
+        for sink_info in infos:
+            try:
+                sinks[sink_info.name] = sink_info.factory(context)
+            except (Exception, SystemExit) as error:
+                raise SinkCreationError(
+                    f"log sink {sink_info.name!r} ({sink_info.provider}) failed to start: "
+                    f"{type(error).__name__}: {error}"
+                ) from None
+        logger = CompositeLogger(sinks, strict=strict)
+        run = TrainingRun(context, logger, plan, lock=lock, info=info)
+        logger.log_config(context.config.to_dict())
+    except BaseException:
+        for sink in sinks.values():
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001, S110  # already failing; report the first error
+                pass
+        raise
     return run
+
+
+def _write_run_info(path: Path, info: dict[str, Any]) -> None:
+    """Write ``run.json`` atomically, or, on a full disk, in place: a run must never be
+    left saying ``"running"`` because its last status found no room."""
+    try:
+        write_json_atomic(path, info)
+    except OSError as error:
+        if error.errno != errno.ENOSPC or not path.exists():
+            raise
+        rewrite_in_place(path, json_bytes(info))
 
 
 def _utc_now() -> str:
@@ -216,8 +341,11 @@ def _run_info(context: RunContext, sink_names: tuple[str, ...]) -> dict[str, Any
 
 __all__ = [
     "RunContext",
+    "RunInUseError",
     "SinkCreationError",
     "TrainingRun",
     "create_run_context",
     "create_training_run",
+    "lock_run",
+    "reopen_training_run",
 ]

@@ -20,3 +20,10 @@ def seed_everything(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def resume_seed(seed: int, step: int) -> int:
+    """The seed environments restart with when a run resumes at ``step``: the same for
+    the same run and step, different from the run's first reset and other steps."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])

@@ -1,15 +1,22 @@
-"""Stopping on SIGINT and SIGTERM without splitting a row between sinks.
+"""Stopping on SIGINT and SIGTERM: gracefully first, at once on a second Ctrl-C.
 
-Python's default Ctrl-C handler raises ``KeyboardInterrupt`` wherever the main
-thread is, which can be between two sinks of one ``log_metrics`` call. The
-handlers here raise through :func:`raise_interrupt` instead, which holds the
-exception while a row is being handed out (:data:`ROW_GUARD`), so an interrupted
-run never leaves a row in ``metrics.jsonl`` that TensorBoard lacks.
+Inside :func:`graceful_stop` the first SIGINT or SIGTERM only records a stop
+request; the training loop sees it at its next whole-state point, writes a
+checkpoint and ends the run ``"interrupted"``. A second signal stops at once: it
+raises ``KeyboardInterrupt`` (SIGINT) or :class:`Terminated` (SIGTERM), which also
+closes every sink with ``"interrupted"``. While a run is being closed
+(:func:`shielded`), a second signal is ignored, so closing is never cut short.
+
+An exception raised by a signal handler could land between two sinks of one
+``log_metrics`` call; :func:`raise_interrupt` holds it while a row is being handed
+out (:data:`ROW_GUARD`), so an interrupted run never leaves a row in
+``metrics.jsonl`` that TensorBoard lacks.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -57,38 +64,85 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """The signals that stop a run."""
 
 
+class _State:
+    requested: int | None = None
+    """The first stop signal received, if any."""
+    shielded = 0
+    """Depth of :func:`shielded` blocks, in which a second signal is ignored."""
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The exception that stops a run for ``signum``: ``Terminated`` for SIGTERM."""
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def requested_stop() -> int | None:
+    """The signal that asked the run to stop (``SIGINT``/``SIGTERM``), or ``None``."""
+    return _State.requested
+
+
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
-    ignore_stop_signals()  # a second signal must not cut the closing of the sinks short
-    raise_interrupt(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+    if _State.requested is None:
+        _State.requested = signum  # the loop stops at its next whole-state point
+        return
+    if _State.shielded:
+        return  # the run is being closed already: let it finish
+    ignore_stop_signals()  # from now on the run is only being closed
+    raise_interrupt(interrupt_for(signum))
 
 
 def ignore_stop_signals() -> None:
-    """Ignore SIGINT and SIGTERM from now on (while a run is being closed)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """Ignore SIGINT and SIGTERM from now on (a process that is only finishing)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 @contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT raises ``KeyboardInterrupt`` and SIGTERM :class:`Terminated`, never mid-row.
+def graceful_stop(*, restore: bool = True) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM ask for a stop; a second one stops at once.
 
-    The previous handlers are restored on leaving.
+    A no-op off the main thread (Python delivers signals to the main thread only).
+
+    Args:
+        restore: Put the previous handlers back on leaving. ``rl-train`` keeps its
+            own to the end (it ignores signals once the run is closed), so that a late
+            Ctrl-C cannot interrupt the interpreter's shutdown.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _State.requested = None
     previous: dict[signal.Signals, Any] = {
         sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS
     }
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if restore:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            _State.requested = None
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Ignore a second stop signal within the block: it closes a run, which must finish."""
+    _State.shielded += 1
+    try:
+        yield
+    finally:
+        _State.shielded -= 1
 
 
 __all__ = [
     "ROW_GUARD",
     "STOP_SIGNALS",
     "Terminated",
+    "graceful_stop",
     "ignore_stop_signals",
+    "interrupt_for",
     "raise_interrupt",
-    "stop_on_signals",
+    "requested_stop",
+    "shielded",
 ]

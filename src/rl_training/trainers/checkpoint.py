@@ -1,11 +1,14 @@
-"""Model files: the weights a run saves and :func:`~rl_training.evaluate` reloads.
+"""Model and checkpoint files of a run.
 
-Written through a temporary file and a rename; read with ``weights_only=True``, so
-loading a file runs no code.
+``model.pt`` holds the weights :func:`~rl_training.evaluate` reloads;
+``checkpoint.pt`` the whole training state :func:`~rl_training.resume` continues
+from. Both are written through a temporary file and a rename and read with
+``weights_only=True``, so loading a file runs no code.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
+from rl_training.runtime.context import write_bytes_atomic
 
 MODEL_FORMAT = 1
 """Version of the ``model.pt`` layout written by :func:`save_model`."""
@@ -44,9 +51,7 @@ def save_model(
             for name, module in modules.items()
         },
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_bytes_atomic(path, _serialise(payload))
 
 
 def load_model(path: Path) -> SavedModel:
@@ -67,3 +72,63 @@ def load_model(path: Path) -> SavedModel:
         hyperparams=payload["hyperparams"],
         state_dicts=payload["state_dicts"],
     )
+
+
+CHECKPOINT_FORMAT = 1
+"""Version of the ``checkpoint.pt`` layout written by :func:`save_checkpoint`."""
+
+_CONFIG_FIELDS = (
+    "algo", "env_id", "seed", "total_timesteps", "device", "log_sinks", "hyperparams",
+    "checkpoint_every",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` reads back."""
+
+    config: dict[str, Any]
+    """The run's :class:`~rl_training.TrainConfig` fields (all but ``output_dir``)."""
+    step: int
+    """Environment steps when it was written."""
+    trainer: dict[str, Any]
+    """The trainer's ``state_dict()``."""
+
+
+def save_checkpoint(path: Path, *, config: TrainConfig, step: int, state: Any) -> None:
+    """Write the trainer's whole state atomically (a reader never sees half a file)."""
+    fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
+    fields["log_sinks"] = list(config.log_sinks)
+    fields["hyperparams"] = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in config.hyperparams.items()
+    }
+    payload = {"format": CHECKPOINT_FORMAT, "config": fields, "step": step, "trainer": state}
+    write_bytes_atomic(path, _serialise(payload))
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a ``checkpoint.pt`` (weights only: no code runs), onto the CPU.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``path``.
+        ValueError: not a checkpoint of this package.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {path.parent} (no {path.name})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  # truncated or foreign files alike
+        raise ConfigError(f"{path} is not a readable checkpoint: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not an rl-training checkpoint (format {CHECKPOINT_FORMAT})")
+    return Checkpoint(config=payload["config"], step=payload["step"], trainer=payload["trainer"])
+
+
+def _serialise(payload: Any) -> bytes:
+    """``torch.save`` into memory: written by :func:`write_bytes_atomic`, a full disk is
+    a plain ``OSError`` naming the file (torch's own file writer reports a
+    ``RuntimeError`` about zip offsets instead)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data: bytes = buffer.getvalue()
+    return data

@@ -28,6 +28,7 @@ from rl_training.hyperparams import Hyperparams
 from rl_training.registry import AlgorithmSpec
 from rl_training.runtime.plan import Plan
 from rl_training.runtime.seeding import seed_everything
+from rl_training.runtime.signals import requested_stop
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import EnvStepper, EpisodeTracker, make_vec_env
 
@@ -224,12 +225,33 @@ def trainer_class(spec: AlgorithmSpec) -> TrainerClass:
     return cls
 
 
-def run_loop(session: Session[Any], trainer: Trainer) -> None:
-    """Run ``trainer`` until the budget is spent, logging its training rows."""
+def run_loop(
+    session: Session[Any],
+    trainer: Trainer,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: int = 0,
+) -> bool:
+    """Run ``trainer`` until the budget is spent or a stop is requested.
+
+    After each iteration (a whole-state point) the training row is logged when due,
+    ``checkpoint()`` is called each time the step count passes a multiple of
+    ``checkpoint_every`` (0: never), and a stop request (SIGINT/SIGTERM, see
+    :mod:`rl_training.runtime.signals`) ends the loop.
+
+    Returns:
+        ``True`` if the budget was spent, ``False`` if a stop was requested first.
+    """
     total = session.total_timesteps
     while session.steps < total:
+        if requested_stop() is not None:
+            return False
+        before = session.steps
         values = trainer.iteration()
         session.log(session.steps, values)
+        if checkpoint is not None and checkpoint_every:
+            if session.steps // checkpoint_every > before // checkpoint_every:
+                checkpoint()
+    return True
 
 
 # -- state -------------------------------------------------------------------------------

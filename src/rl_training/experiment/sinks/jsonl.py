@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl_training.hookspecs import hookimpl
@@ -32,17 +33,23 @@ class JsonlSink:
 
     Each line is ``{"step": ..., "time": ..., <metrics>...}`` in strict JSON, written
     with a single ``write(2)`` on an unbuffered append-only descriptor: a reader, or
-    a process killed at any instant, only ever sees whole lines.
+    a process killed at any instant, only ever sees whole lines. A write that fails
+    (a full disk) is cut back to the last whole line before the error is raised. A
+    resumed run (``run_context.resume_step`` S) keeps the rows up to S.
     """
 
     def __init__(self, run_context: RunContext) -> None:
         self._metrics_path = run_context.metrics_path
         self._config_path = run_context.config_path
+        if run_context.resume_step is not None:
+            keep_rows_up_to(self._metrics_path, run_context.resume_step)
         self._fd: int | None = os.open(
             self._metrics_path,
             os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
             0o644,
         )
+        self._size = os.fstat(self._fd).st_size
+        """Bytes of whole lines in the file: where a failed write is cut back to."""
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.json`` (pretty, sorted keys); a later call replaces it."""
@@ -56,9 +63,18 @@ class JsonlSink:
         for key, value in metrics.items():
             row[key] = json_safe(value)
         data = (_encode(row) + "\n").encode("utf-8")
-        while data:  # a regular file takes it all in one write; loop only to be sure
-            written = os.write(self._fd, data)
-            data = data[written:]
+        try:
+            written = os.write(self._fd, data)  # a regular file takes a line in one write
+            while written < len(data):  # ...unless it is full: then the next write fails
+                written += os.write(self._fd, data[written:])
+        except OSError as error:
+            # Never leave part of a line: cut the file back to the last whole one.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OSError(error.errno, f"{error.strerror} (writing {self._metrics_path})") from None
+        self._size += len(data)
 
     def close(self) -> None:
         """fsync and close ``metrics.jsonl``; a second call does nothing."""
@@ -68,6 +84,25 @@ class JsonlSink:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def keep_rows_up_to(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.jsonl`` after ``step`` (and a partial last line).
+
+    Rows are in step order, so the file is cut at the first row past ``step``: one
+    ``truncate``, which a reader sees whole or not at all.
+    """
+    try:
+        f = open(path, "rb+")  # noqa: SIM115  # closed below
+    except FileNotFoundError:
+        return
+    with f:
+        offset = 0
+        for line in f:
+            if not line.endswith(b"\n") or json.loads(line)["step"] > step:
+                break
+            offset += len(line)
+        f.truncate(offset)
 
 
 def _json_safe_tree(value: Any) -> Any:
