@@ -137,6 +137,9 @@ BAD_INPUT = {
     "bad device": (["--device", "tpu"], "'tpu'"),
     "algo vs action space": (["--algo", "sac"], "'sac'"),
     "missing option": (["--env-id", None], "--env-id"),
+    "seed beyond 64 bits": (["--seed", str(2**64)], "seed: 18446744073709551616"),
+    "tuple observations": (["--env-id", "Blackjack-v1"], "observation space is Tuple"),
+    "run suffix too long": (["--run-suffix", "x" * 250], "run_suffix"),
 }
 
 
@@ -153,7 +156,7 @@ def test_bad_input_is_one_line_no_traceback_nothing_written(tmp_path, case):
             extra += [flag, value]
     args = [a for flag, value in options.items() if value is not None for a in (flag, value)]
     result = run_cli(*args, *extra, "--output-dir", tmp_path / "runs", "--quiet")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
