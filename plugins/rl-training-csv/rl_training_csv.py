@@ -23,12 +23,23 @@ class CsvSink:
     Rows keep every column seen so far (empty where a row has no value), so a key
     that appears late (a loss after the first update) is neither dropped nor
     written under the wrong header. The rewrite goes through a temporary file and
-    an atomic rename: a reader sees the old file or the new one.
+    an atomic rename: a reader sees the old file or the new one. A resumed run
+    (``run_context.resume_step`` S) keeps the rows up to S and appends after them.
     """
 
     def __init__(self, run_context: Any) -> None:
         self.path = run_context.run_dir / "progress.csv"
         self.columns: list[str] = list(FIXED)
+        resume_step = getattr(run_context, "resume_step", None)
+        if resume_step is not None and self.path.exists():
+            # A resumed run: keep the rows up to the checkpoint's step, drop the rest.
+            with open(self.path, newline="", encoding="utf-8") as f:
+                header, *rows = list(csv.reader(f)) or [self.columns]
+            self.columns = header
+            self._rewrite([row for row in rows if row and int(row[0]) <= resume_step])
+            self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+            self._writer = csv.writer(self._file)
+            return
         self._file = open(self.path, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._writer = csv.writer(self._file)
         self._writer.writerow(self.columns)
@@ -53,15 +64,19 @@ class CsvSink:
         with open(self.path, newline="", encoding="utf-8") as f:
             old_rows = list(csv.reader(f))[1:]
         self.columns += new_columns
+        padding = [""] * len(new_columns)
+        self._rewrite([row + padding for row in old_rows])
+        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
+        self._writer = csv.writer(self._file)
+
+    def _rewrite(self, rows: list[list[str]]) -> None:
+        """Replace the file with the header and ``rows``, atomically."""
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(self.columns)
-            padding = [""] * len(new_columns)
-            writer.writerows(row + padding for row in old_rows)
+            writer.writerows(rows)
         os.replace(tmp, self.path)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115
-        self._writer = csv.writer(self._file)
 
     def close(self) -> None:
         """Flush and close the file; a second call does nothing."""

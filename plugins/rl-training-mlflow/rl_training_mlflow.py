@@ -10,6 +10,10 @@
   a store costs milliseconds. MLflow stores +-inf as +-1.797e308.
 - Close: the MLflow run ends FINISHED, FAILED or KILLED for the statuses
   ``finished``, ``failed`` and ``interrupted``.
+- Resume (``run_context.resume_step`` S): the same MLflow run continues (found by
+  its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. MLflow
+  has no API to delete metric points: those the earlier attempt logged after S
+  stay in the history beside the new ones.
 """
 
 from __future__ import annotations
@@ -54,27 +58,53 @@ class MlflowSink:
                 )
             except Exception:  # another run created it first
                 experiment_id = self.client.get_experiment_by_name(name).experiment_id
-        run = self.client.create_run(
-            experiment_id, run_name=run_context.name, tags={"rl_training.run_dir": str(run_dir)}
-        )
-        self.run_id: str = run.info.run_id
+        resume_step = getattr(run_context, "resume_step", None)
+        earlier = self._find_run(experiment_id, str(run_dir)) if resume_step is not None else None
+        self._logged_params: dict[str, str] = {}
+        if earlier is not None:  # a resumed run continues its MLflow run
+            self.run_id: str = earlier
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "rl_training.resume_step", str(resume_step))
+            self._logged_params = dict(self.client.get_run(self.run_id).data.params)
+        else:
+            run = self.client.create_run(
+                experiment_id, run_name=run_context.name, tags={"rl_training.run_dir": str(run_dir)}
+            )
+            self.run_id = run.info.run_id
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
-        self._params: set[str] = set()
         self._closed = False
 
-    def log_config(self, config: Mapping[str, Any]) -> None:
-        """Log the flattened config as params (a key already logged is kept as is)."""
-        from mlflow.entities import Param
+    def _find_run(self, experiment_id: str, run_dir: str) -> str | None:
+        escaped = run_dir.replace("'", "\\'")
+        found = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`rl_training.run_dir` = '{escaped}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None
 
-        params = [
-            Param(key, _param_value(value))
-            for key, value in _flatten(config).items()
-            if key not in self._params
-        ]
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Log the flattened config as params.
+
+        MLflow params cannot change: a value that differs from one already logged (a
+        resumed run's larger ``total_timesteps``) becomes the tag ``config.<key>``.
+        """
+        from mlflow.entities import Param, RunTag
+
+        params, tags = [], []
+        for key, value in _flatten(config).items():
+            text = _param_value(value)
+            if key not in self._logged_params:
+                params.append(Param(key, text))
+            elif self._logged_params[key] != text:
+                tags.append(RunTag(f"config.{key}", text))
         for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
-            self.client.log_batch(self.run_id, params=params[start : start + 100])
-        self._params.update(p.key for p in params)
+            self.client.log_batch(self.run_id, params=params[start : start + 100], tags=tags)
+            tags = []
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
+        self._logged_params.update((p.key, p.value) for p in params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue the values with their step; send when enough are queued or time has passed."""

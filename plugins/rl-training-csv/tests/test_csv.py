@@ -6,7 +6,7 @@ import csv
 import math
 
 from rl_training import create_training_run
-from rl_training.testing import tiny_config
+from rl_training.testing import read_jsonl, tiny_config
 
 
 def read(path):
@@ -54,3 +54,19 @@ def test_listed_by_rl_train(tmp_path):
         check=True,
     ).stdout
     assert any(line.startswith("csv ") and "rl-training-csv" in line for line in out.splitlines())
+
+
+def test_a_resumed_run_keeps_one_history(tmp_path):
+    """Resumed from its checkpoint, progress.csv keeps the rows up to S and continues."""
+    from rl_training import resume, train
+
+    config = tiny_config(
+        output_dir=tmp_path, log_sinks=("csv", "json"), total_timesteps=128,
+        hyperparams={"num_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1},
+    )  # fmt: skip
+    first = train(config)
+    resume(first.run_dir, total_timesteps=256)
+    rows = read(first.run_dir / "progress.csv")
+    steps = [int(row["step"]) for row in rows]
+    json_steps = [row["step"] for row in read_jsonl(first.run_dir / "metrics.jsonl")]
+    assert steps == json_steps and steps[-1] == 256

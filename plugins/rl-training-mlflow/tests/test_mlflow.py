@@ -88,3 +88,23 @@ def test_long_param_values_are_cut(tmp_path):
     stored = only_run(MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}"))
     assert len(stored.data.params["note"]) == MAX_PARAM_LENGTH
     assert stored.data.params["note"].endswith("...")
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
+    """rl_training.resume continues the MLflow run of the first attempt, tagged with S."""
+    from rl_training import resume, train
+
+    config = tiny_config(
+        output_dir=tmp_path, log_sinks=("mlflow",), total_timesteps=128,
+        hyperparams={"num_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1},
+    )  # fmt: skip
+    first = train(config)
+    resume(first.run_dir, total_timesteps=256)
+    client = MlflowClient(tracking_uri=f"sqlite:///{first.run_dir / 'mlflow.db'}")
+    stored = only_run(client)  # one run, not two
+    assert stored.info.status == "FINISHED"
+    assert stored.data.tags["rl_training.resume_step"] == "128"
+    assert stored.data.params["total_timesteps"] == "128"  # params cannot change...
+    assert stored.data.tags["config.total_timesteps"] == "256"  # ...the new budget is a tag
+    steps = [m.step for m in client.get_metric_history(stored.info.run_id, "train/n_updates")]
+    assert max(steps) == 256 and 128 in steps
