@@ -39,7 +39,10 @@ def only_run_dir(output_dir: Path) -> Path:
 
 @pytest.mark.parametrize("module", [False, True], ids=["rl-train", "python -m rl_training"])
 def test_short_training_run(tmp_path, module):
-    """A real run exits 0 and prints one summary line naming the run and the tensorboard command."""
+    """A real run exits 0 and prints a summary line naming the run, then the tensorboard command.
+
+    Both lines fit in 120 columns (the run directory's name is about 40 characters).
+    """
     out = tmp_path / "runs"
     result = run_cli(
         "--algo",
@@ -56,9 +59,11 @@ def test_short_training_run(tmp_path, module):
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    (line,) = result.stdout.splitlines()
+    line, view = result.stdout.splitlines()
     run_dir = only_run_dir(out)
-    assert str(run_dir) in line and "steps 128" in line and f"tensorboard --logdir {out}" in line
+    assert line.startswith(f"run {run_dir}: 128 steps in ") and "mean return" in line
+    assert view == f"view: tensorboard --logdir {out}"
+    assert len(line) - len(str(out)) <= 120 - len("runs")  # with a plain "runs" it fits
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
     assert (run_dir / "model.pt").is_file()
 
@@ -88,7 +93,9 @@ def test_each_sink_combination_writes_its_files(tmp_path, install_plugin, sinks)
     run_dir = only_run_dir(out)
     names = sinks.split(",")
     assert (run_dir / "metrics.jsonl").exists() == ("json" in names)
-    assert any((run_dir / "tensorboard").iterdir()) == ("tensorboard" in names)
+    # tensorboard/ is made with the run and removed at the end if no sink wrote in it
+    assert (run_dir / "tensorboard").exists() == ("tensorboard" in names)
+    assert ("view: tensorboard --logdir" in result.stdout) == ("tensorboard" in names)
     if "json" in names:
         assert any("loss/policy" in row for row in read_jsonl(run_dir / "metrics.jsonl"))
     if "tensorboard" in names:
@@ -224,16 +231,18 @@ def test_signal_stops_cleanly(tmp_path, sig, status):
 
 
 def test_progress_lines_when_not_a_terminal():
-    """Off a terminal, progress is a plain line with steps, steps/s, mean return and time left."""
+    """Off a terminal, a plain line: steps, steps/s, episodes, their mean return, time left."""
     import io
 
     from rl_training.cli import Progress
 
     stream = io.StringIO()
     progress = Progress(total=1000, stream=stream, interval=0.0)
-    progress({"episode/return": 10.0, "episode/length": 10}, 100)
-    progress({"episode/return": 20.0, "episode/length": 20}, 200)
+    progress({"episode/return": 10.0, "episode/length": 10, "episode/return_mean": 10.0}, 100)
+    progress({"episode/return": 20.0, "episode/length": 20, "episode/return_mean": 15.0}, 200)
     progress({"time/sps": 400.0, "loss/value": 1.0}, 400)
     progress.close()
     last = stream.getvalue().splitlines()[-1]
-    assert last == "steps 400/1000 (40%) | 400 steps/s | mean return 15.00 | time left 2s"
+    assert last == (
+        "steps 400/1000 (40%) | 400 steps/s | 2 episodes, mean return 15.00 | time left 2s"
+    )

@@ -22,9 +22,10 @@ def test_every_spec_names_a_trainer_class_that_follows_the_protocol(algo):
     spec = get_spec(algo)
     assert spec.name == algo
     cls = trainer_class(spec)
-    for method in ("iteration", "saved_modules", "state_dict", "load_state_dict", "load_policy"):
+    for method in ("iteration", "state_dict", "load_state_dict", "load_policy"):
         assert callable(getattr(cls, method)), method
     assert cls.CPU_THREADS is None or cls.CPU_THREADS >= 1
+    assert cls.SAVED_MODULES and all(isinstance(name, str) for name in cls.SAVED_MODULES)
     assert "et al. 20" in spec.title, spec.title  # "Name (Author et al. year, reference)"
 
 

@@ -21,7 +21,7 @@ from rl_training.runtime.device import resolve_device
 from rl_training.runtime.plan import resolve_plan
 from rl_training.testing import assert_sinks_agree, without_wall_clock
 from rl_training.trainers import TrainResult, evaluate, train
-from rl_training.trainers.session import Session, trainer_class
+from rl_training.trainers.session import Session, saved_modules, trainer_class
 
 ON_POLICY_KEYS = {"loss/policy", "loss/value", "loss/entropy", "train/explained_variance",
                   "train/learning_rate", "train/n_updates"}  # fmt: skip
@@ -204,8 +204,8 @@ def test_state_dict_holds_the_whole_training_state(tmp_path, algo):
         iterate(session, t, config.total_timesteps)
     after = len(recorder.rows) - len(clone_recorder.rows)
     assert recorder.rows[after:] == clone_recorder.rows and clone_recorder.rows
-    for name, module in trainer.saved_modules().items():
-        other = clone.saved_modules()[name].state_dict()
+    for name, module in saved_modules(trainer).items():
+        other = saved_modules(clone)[name].state_dict()
         assert all(torch.equal(v, other[k]) for k, v in module.state_dict().items()), name
     original.close()
     restored.close()

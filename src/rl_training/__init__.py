@@ -12,14 +12,25 @@ from rl_training.plugins import available_sinks
 from rl_training.runtime.run_utils import (
     RunContext,
     TrainingRun,
+    create_run,
     create_run_context,
     create_training_run,
 )
 
 if TYPE_CHECKING:
-    from rl_training.trainers import EvalResult, TrainResult, evaluate, resume, train
+    from rl_training.trainers import (
+        EvalResult,
+        TrainedPolicy,
+        TrainResult,
+        evaluate,
+        load_policy,
+        resume,
+        train,
+    )
 
-_LAZY = frozenset({"EvalResult", "TrainResult", "evaluate", "resume", "train"})
+_LAZY = frozenset(
+    {"EvalResult", "TrainResult", "TrainedPolicy", "evaluate", "load_policy", "resume", "train"}
+)
 
 
 def __getattr__(name: str) -> Any:
@@ -41,12 +52,15 @@ __all__ = [
     "Sink",
     "TrainConfig",
     "TrainResult",
+    "TrainedPolicy",
     "TrainingRun",
     "available_sinks",
+    "create_run",
     "create_run_context",
     "create_training_run",
     "evaluate",
     "hookimpl",
+    "load_policy",
     "resume",
     "train",
 ]

@@ -70,11 +70,35 @@ def build_parser() -> argparse.ArgumentParser:
         "but on a stop and at the end)",
     )
     parser.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="environment steps between evaluations (default: 0, none); keeps best_model.pt",
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, metavar="K", help="episodes per evaluation (default: 10)"
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue RUN_DIR from its checkpoint, in place (--total-timesteps may raise "
         "its budget)",
     )
+    parser.add_argument(
+        "--evaluate",
+        metavar="RUN_DIR",
+        help="play --episodes deterministic episodes with RUN_DIR's model; print mean +- std",
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=20, metavar="N", help="with --evaluate (default: 20)"
+    )
+    parser.add_argument(
+        "--which",
+        choices=("final", "best", "checkpoint"),
+        default="final",
+        help="with --evaluate: model.pt, best_model.pt or checkpoint.pt (default: final)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--hp",
         action="append",
@@ -92,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("rl-training")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rl-train`` and ``python -m rl_training``; returns the exit status."""
     for stream in (sys.stdout, sys.stderr):
@@ -101,10 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.json and not args.list_sinks:
+            raise ConfigError("--json goes with --list-sinks (the listing it formats)")
         if args.list_sinks:
             return list_sinks(as_json=args.json)
         if args.list_hyperparams:
             return list_hyperparams(args.algo)
+        if args.evaluate is not None:
+            return _evaluate(args)
         if args.resume is not None:
             return _resume(args)
         return _train(_config_from_args(args), args)
@@ -153,6 +190,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
         log_sinks=DEFAULT_LOG_SINKS if args.log_sinks is None else args.log_sinks,
         hyperparams=parse_hyperparams(args.algo, args.hp),
         checkpoint_every=args.checkpoint_every,
+        eval_every=0 if args.eval_every is None else args.eval_every,
+        eval_episodes=10 if args.eval_episodes is None else args.eval_episodes,
     )
 
 
@@ -258,13 +297,20 @@ def list_sinks(*, as_json: bool, out: TextIO = sys.stdout) -> int:
 
 
 def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
-    """Print ``algo``'s hyperparameters with their defaults."""
+    """Print ``algo``'s hyperparameters: ``name=default`` and what each one means."""
     if algo is None:
         raise ConfigError(f"--list-hyperparams needs --algo (one of {', '.join(ALGOS)})")
-    for f in get_spec(algo).hyperparam_fields():
+    spec = get_spec(algo)
+    docs = hp_module.field_docs(spec.hyperparams)
+    rows = []
+    for f in spec.hyperparam_fields():
         default = f.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        print(f"{f.name}={shown}", file=out)
+        rows.append((f"{f.name}={shown}", docs.get(f.name, "").replace("``", "")))
+    print(f"{spec.title}", file=out)
+    width = max(len(left) for left, _ in rows)
+    for left, doc in rows:
+        print(f"  {left:<{width}}  {doc}", file=out)
     return 0
 
 
@@ -280,7 +326,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> int:
 
 
 _FIXED_ON_RESUME = ("algo", "env_id", "seed", "output_dir", "device", "log_sinks", "run_suffix",
-                    "checkpoint_every")  # fmt: skip
+                    "checkpoint_every", "eval_every", "eval_episodes")  # fmt: skip
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -297,9 +343,25 @@ def _resume(args: argparse.Namespace) -> int:
         return _drive(run, lambda: fit(run, state), args)
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from rl_training.trainers import evaluate
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes: {args.episodes} is not a positive number of episodes")
+    result = evaluate(args.evaluate, n_episodes=args.episodes, which=args.which)
+    print(
+        f"{args.evaluate}: mean return {result.mean_return:.2f} +- {result.std_return:.2f} "
+        f"over {len(result.returns)} episodes (mean length "
+        f"{sum(result.lengths) / len(result.lengths):.1f})",
+        flush=True,
+    )
+    return 0
+
+
 def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Namespace) -> int:
     """Run ``body`` in the open ``run``; print the summary, or the run directory on a stop."""
-    config = run.run_context.config
+    assert run.plan is not None  # a run of a built-in trainer
+    config = run.plan.config
     progress = None
     if not args.quiet:
         start = run.run_context.resume_step or 0
@@ -320,16 +382,17 @@ def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Nam
         progress.close()
     mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
     print(
-        f"run {result.run_dir} | steps {result.steps} | wall time {result.wall_time_s:.1f}s | "
-        f"mean return (last 20 episodes) {mean} | view: tensorboard --logdir "
-        f"{run.run_dir.parent}",
+        f"run {result.run_dir}: {result.steps} steps in {result.wall_time_s:.1f}s, "
+        f"mean return {mean} (last 20 episodes)",
         flush=True,
     )
+    if "tensorboard" in config.log_sinks:
+        print(f"view: tensorboard --logdir {run.run_dir.parent}", flush=True)
     return 0
 
 
 class Progress:
-    """Steps, steps/s, the latest mean return and time left, on stderr.
+    """Steps, steps/s, episodes, the mean return of the last 100 and time left, on stderr.
 
     A tqdm bar when stderr is a terminal; otherwise a plain line at most every
     ``interval`` seconds, which reads well in a log file.
@@ -341,7 +404,8 @@ class Progress:
         self._total = total
         self._stream = stream
         self._interval = interval
-        self._returns: list[float] = []
+        self._mean = math.nan
+        self._episodes = 0
         self._sps = math.nan
         self._step = start
         self._last_print = time.monotonic()
@@ -356,21 +420,23 @@ class Progress:
     def __call__(self, metrics: Mapping[str, Any], step: int) -> None:
         """Take one logged row."""
         if "episode/return" in metrics:
-            self._returns = (self._returns + [float(metrics["episode/return"])])[-20:]
+            self._episodes += 1
+            self._mean = float(metrics.get("episode/return_mean", metrics["episode/return"]))
         if "time/sps" in metrics:
             self._sps = float(metrics["time/sps"])
         advanced, self._step = step - self._step, max(step, self._step)
-        mean = sum(self._returns) / len(self._returns) if self._returns else math.nan
         if self._bar is not None:
             if advanced > 0:
                 self._bar.update(advanced)
-            self._bar.set_postfix(mean_return=f"{mean:.1f}", refresh=False)
+            self._bar.set_postfix(episodes=self._episodes, return_mean=f"{self._mean:.1f}",
+                                  refresh=False)  # fmt: skip
         elif time.monotonic() - self._last_print >= self._interval:
             self._last_print = time.monotonic()
             left = (self._total - self._step) / self._sps if self._sps > 0 else math.nan
             print(
                 f"steps {self._step}/{self._total} ({100 * self._step / self._total:.0f}%) | "
-                f"{self._sps:.0f} steps/s | mean return {mean:.2f} | time left {left:.0f}s",
+                f"{self._sps:.0f} steps/s | {self._episodes} episodes, mean return "
+                f"{self._mean:.2f} | time left {left:.0f}s",
                 file=self._stream,
                 flush=True,
             )

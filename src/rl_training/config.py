@@ -22,6 +22,9 @@ MAX_SEED = 2**64 - 1
 MAX_STEPS = 2**63 - 1
 """The largest step count: steps are logged as signed 64-bit ints."""
 
+MAX_EVAL_EPISODES = 2**16 - 1
+"""The most evaluation episodes (each runs in an environment of its own)."""
+
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -57,6 +60,13 @@ class TrainConfig:
     """Environment steps between checkpoints (``run_dir / "checkpoint.pt"``): ``None``
     is about a tenth of ``total_timesteps``, ``0`` none during training. A checkpoint
     is also written when the run is stopped by SIGINT/SIGTERM and when it finishes."""
+    eval_every: int = 0
+    """Environment steps between evaluations (0: none): ``eval_episodes`` deterministic
+    episodes on separate, separately seeded envs, logged as ``eval/mean_return``,
+    ``eval/std_return`` and ``eval/mean_length``; the best model so far is kept as
+    ``run_dir / "best_model.pt"``."""
+    eval_episodes: int = 10
+    """Episodes per evaluation."""
 
     def __post_init__(self) -> None:
         spec = get_spec(self.algo)
@@ -69,6 +79,8 @@ class TrainConfig:
         _require_int("total_timesteps", self.total_timesteps, minimum=1, maximum=MAX_STEPS)
         if self.checkpoint_every is not None:
             _require_int("checkpoint_every", self.checkpoint_every, minimum=0, maximum=MAX_STEPS)
+        _require_int("eval_every", self.eval_every, minimum=0, maximum=MAX_STEPS)
+        _require_int("eval_episodes", self.eval_episodes, minimum=1, maximum=MAX_EVAL_EPISODES)
         if not isinstance(self.output_dir, (str, Path)) or str(self.output_dir) == "":
             raise ConfigError(
                 f"output_dir: {self.output_dir!r} is not a directory path (str or Path)"
@@ -77,7 +89,7 @@ class TrainConfig:
             raise ConfigError(
                 f"device: {self.device!r} is not one of 'auto', 'cpu', 'cuda', 'cuda:N'"
             )
-        object.__setattr__(self, "log_sinks", _sink_names(self.log_sinks))
+        object.__setattr__(self, "log_sinks", sink_names(self.log_sinks))
         if not isinstance(self.hyperparams, Mapping):
             raise ConfigError(
                 f"hyperparams: {self.hyperparams!r} is not a mapping of hyperparameter "
@@ -121,6 +133,8 @@ class TrainConfig:
             "log_sinks": list(self.log_sinks),
             "hyperparams": dict(self.hyperparams),
             "checkpoint_every": self.checkpoint_every,
+            "eval_every": self.eval_every,
+            "eval_episodes": self.eval_episodes,
             "resolved_hyperparams": dataclasses.asdict(self.algo_hyperparams()),
         }
 
@@ -161,7 +175,7 @@ def _require_int(name: str, value: object, *, minimum: int, maximum: int) -> Non
         raise ConfigError(f"{name}: {value!r} is out of range (accepted: {accepted})")
 
 
-def _sink_names(value: object) -> tuple[str, ...]:
+def sink_names(value: object) -> tuple[str, ...]:
     """Normalise ``log_sinks``: a sequence of names, or one comma-separated string."""
     if isinstance(value, str):
         names: list[object] = [part.strip() for part in value.split(",")]

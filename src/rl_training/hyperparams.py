@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -287,6 +288,33 @@ def _check_auto(name: str, value: str | float, *, prefix_ok: bool) -> None:
 def field_names(cls: type[Any]) -> tuple[str, ...]:
     """The hyperparameter names of the dataclass ``cls``, in declaration order."""
     return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def field_docs(cls: type[Any]) -> dict[str, str]:
+    """Each field's attribute docstring (the text under it in the class body), one line.
+
+    Read from this module's source, following the class's bases, so ``--list-hyperparams``
+    and the README show the same words as the code.
+    """
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's docstring overrides its base's
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        assert isinstance(body, ast.ClassDef)
+        for node, after in zip(body.body, body.body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def field_types(cls: type[Any]) -> dict[str, Any]:

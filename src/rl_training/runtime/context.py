@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +21,9 @@ from rl_training.config import TrainConfig
 class RunContext:
     """Where one run writes. Sinks get it from their factory."""
 
-    config: TrainConfig
-    """The run's configuration."""
+    config: TrainConfig | Mapping[str, Any]
+    """The run's configuration: a :class:`~rl_training.TrainConfig` for the built-in
+    trainers, the JSON-shaped config given to :func:`~rl_training.create_run` otherwise."""
     run_dir: Path
     """A directory of this run alone, directly under ``config.output_dir``."""
     resume_step: int | None = None
@@ -138,6 +139,56 @@ def rewrite_in_place(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+class AppendOnlyFile:
+    """A file that only grows by whole records: each :meth:`append` is one ``write(2)``
+    on an unbuffered ``O_APPEND`` descriptor, done before it returns.
+
+    A reader, or a process killed at any instant, sees whole records only: a write
+    that fails (a full disk) is cut back to the end of the last whole record before
+    the error is raised.
+
+    Args:
+        path: The file (created if missing; appended to if it exists).
+        exclusive: Refuse to open a file that exists already.
+    """
+
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        self.path = path
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def append(self, data: bytes) -> None:
+        """Append ``data`` whole.
+
+        Raises:
+            OSError: it could not be written (naming the file); the file is as before.
+            RuntimeError: the file is closed.
+        """
+        if self._fd is None:
+            raise RuntimeError(f"{self.path} is closed")
+        try:
+            written = os.write(self._fd, data)  # a regular file takes it in one write...
+            while written < len(data):  # ...unless it is full: then the next write fails
+                written += os.write(self._fd, data[written:])
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OSError(error.errno, f"{error.strerror} (writing {self.path})") from None
+        self._size += len(data)
+
+    def close(self) -> None:
+        """fsync and close; a second call does nothing."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while a process has the run open.
 
@@ -187,6 +238,7 @@ class RunLock:
 
 
 __all__ = [
+    "AppendOnlyFile",
     "RunContext",
     "RunLock",
     "json_bytes",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import importlib.metadata as metadata
@@ -12,11 +13,13 @@ import re
 import shutil
 import socket
 import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from rl_training.config import TrainConfig
+from rl_training.config import DEFAULT_LOG_SINKS, TrainConfig, sink_names
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import (
     STATUSES,
@@ -61,18 +64,30 @@ def create_run_context(config: TrainConfig, run_suffix: str | None = None) -> Ru
             f"run_suffix: {run_suffix!r} is not a safe directory-name part "
             "(accepted: letters, digits and _ . + = -)"
         )
-    output_dir = Path(config.output_dir)
+    env = _UNSAFE_RE.sub("_", config.env_id)
+    run_dir = _make_run_dir(
+        Path(config.output_dir), f"{config.algo}-{env}-s{config.seed}", run_suffix
+    )
+    context = RunContext(config=config, run_dir=run_dir)
+    context.tensorboard_dir.mkdir()
+    return context
+
+
+def _make_run_dir(output_dir: Path, prefix: str, run_suffix: str | None) -> Path:
+    """``output_dir / <prefix>-<UTC time>[-<suffix>]``, made exclusively (``-2``... on a clash).
+
+    Raises:
+        ValueError: ``output_dir`` is a file, or the name would be too long.
+        OSError: the directory cannot be made.
+    """
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"output_dir: {str(output_dir)!r} is a file, not a directory")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    env = _UNSAFE_RE.sub("_", config.env_id)
-    base = f"{config.algo}-{env}-s{config.seed}-{stamp}"
-    if run_suffix:
-        base = f"{base}-{run_suffix}"
+    base = f"{prefix}-{stamp}" + (f"-{run_suffix}" if run_suffix else "")
     if len(os.fsencode(base)) > _NAME_MAX - 4:  # room for a "-NNN" clash suffix
         raise ConfigError(
             f"run_suffix: the run directory's name would be {len(os.fsencode(base))} bytes "
-            f"({base[:40]}...); file systems take {_NAME_MAX}: use a shorter run_suffix"
+            f"({base[:40]}...); file systems take {_NAME_MAX}: use a shorter name or suffix"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     attempt = 1
@@ -80,12 +95,9 @@ def create_run_context(config: TrainConfig, run_suffix: str | None = None) -> Ru
         run_dir = output_dir / (base if attempt == 1 else f"{base}-{attempt}")
         try:
             run_dir.mkdir()  # exclusive: FileExistsError if anyone made it first
-            break
+            return run_dir
         except FileExistsError:
             attempt += 1
-    context = RunContext(config=config, run_dir=run_dir)
-    context.tensorboard_dir.mkdir()
-    return context
 
 
 class TrainingRun:
@@ -114,6 +126,9 @@ class TrainingRun:
         the built-in trainers; ``None`` for a run of other training code."""
         self.status = "running"
         """``"running"`` until closed, then the closing status."""
+        self.summary: dict[str, Any] | None = None
+        """What the run achieved (steps, wall time, episodes, returns...), written to
+        ``run.json`` as ``"summary"`` when the run closes; set by the trainers."""
         self._lock = lock
         if lock is not None:
             lock.mark()
@@ -147,7 +162,10 @@ class TrainingRun:
                 self.logger.close(status)
             finally:
                 try:
+                    _remove_if_empty(self.run_context.tensorboard_dir)
                     self._info.update(status=status, end_time=_utc_now())
+                    if self.summary is not None:
+                        self._info["summary"] = normalize_config(self.summary)
                     _write_run_info(self.run_context.run_info_path, self._info)
                 finally:
                     if self._lock is not None:
@@ -209,6 +227,73 @@ def create_training_run(
         raise
 
 
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def create_run(
+    name: str,
+    config: Mapping[str, Any] | Any = None,
+    *,
+    output_dir: str | Path = "runs",
+    log_sinks: Sequence[str] | str = DEFAULT_LOG_SINKS,
+    run_suffix: str | None = None,
+    strict: bool = False,
+    plugin_manager: PluginManager | None = None,
+) -> TrainingRun:
+    """Set up a run for any training code: a run directory, its sinks, ``run.json``.
+
+    The same as :func:`create_training_run` (statuses, context manager, lock, bad
+    input leaving nothing behind) without a :class:`TrainConfig`: ``name`` starts
+    the directory's name, ``<name>-<UTC time>[-<suffix>]``, and ``config`` is logged
+    once as it is.
+
+    Args:
+        name: Letters, digits, ``-``, ``_`` and ``.``.
+        config: A mapping or a dataclass (``None``: an empty config).
+        output_dir: Where the run directory goes.
+        log_sinks: Sink names, a sequence or one comma-separated string.
+        run_suffix: Appended to the run directory's name.
+        strict: A sink that raises fails the call instead of being dropped.
+        plugin_manager: Where to find sinks (a fresh one by default).
+
+    Raises:
+        ValueError: a bad name, suffix, output directory or sink name (the message
+            lists the available sinks); nothing is left under ``output_dir``.
+        SinkCreationError: a sink's factory raised.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or set(name) == {"."}:
+        raise ConfigError(
+            f"name: {name!r} is not a run name (accepted: letters, digits, '-', '_', '.')"
+        )
+    if config is not None and not isinstance(config, Mapping) and not is_dataclass(config):
+        raise ConfigError(f"config: a {type(config).__name__} is not a mapping or a dataclass")
+    if not isinstance(output_dir, (str, Path)) or str(output_dir) == "":
+        raise ConfigError(f"output_dir: {output_dir!r} is not a directory path (str or Path)")
+    if run_suffix is not None and not _SUFFIX_RE.fullmatch(run_suffix):
+        raise ConfigError(
+            f"run_suffix: {run_suffix!r} is not a safe directory-name part "
+            "(accepted: letters, digits and _ . + = -)"
+        )
+    plain = normalize_config({} if config is None else config)
+    infos = discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
+    output = Path(output_dir)
+    made_output_dir = not output.exists()
+    run_dir = _make_run_dir(output, name, run_suffix)
+    context = RunContext(config=plain, run_dir=run_dir)
+    lock = RunLock(context.lock_path)
+    try:
+        context.tensorboard_dir.mkdir()
+        lock.acquire()
+        return _open(context, infos, None, strict, lock, None, plain)
+    except BaseException:
+        lock.release()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if made_output_dir:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if still empty
+        raise
+
+
 def lock_run(run_dir: Path) -> RunLock:
     """Take the lock of an existing run directory.
 
@@ -260,12 +345,14 @@ def reopen_training_run(
 def _open(
     context: RunContext,
     infos: list[SinkInfo],
-    plan: Plan,
+    plan: Plan | None,
     strict: bool,
     lock: RunLock,
     info: dict[str, Any] | None,
+    config: Mapping[str, Any] | None = None,
 ) -> TrainingRun:
-    """Start every sink, write ``run.json``, log the config; close the sinks on failure."""
+    """Start every sink, write ``run.json``, log the config (``config``, else the run's
+    ``TrainConfig``); close the sinks on failure."""
     sinks: dict[str, Sink] = {}
     try:
         for sink_info in infos:
@@ -278,7 +365,10 @@ def _open(
                 ) from None
         logger = CompositeLogger(sinks, strict=strict)
         run = TrainingRun(context, logger, plan, lock=lock, info=info)
-        logger.log_config(context.config.to_dict())
+        if config is None:
+            assert isinstance(context.config, TrainConfig)  # the built-in trainers' runs
+            config = context.config.to_dict()
+        logger.log_config(config)
     except BaseException:
         for sink in sinks.values():
             try:
@@ -287,6 +377,12 @@ def _open(
                 pass
         raise
     return run
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove ``directory`` if nothing was written into it (no sink used it)."""
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def _write_run_info(path: Path, info: dict[str, Any]) -> None:
@@ -326,9 +422,11 @@ def _run_info(context: RunContext, sink_names: tuple[str, ...]) -> dict[str, Any
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "user": user,
-        "algo": context.config.algo,
-        "env_id": context.config.env_id,
-        "seed": context.config.seed,
+        **(
+            {"algo": config.algo, "env_id": config.env_id, "seed": config.seed}
+            if isinstance(config := context.config, TrainConfig)
+            else {}
+        ),
         "log_sinks": list(sink_names),
         "versions": {
             "python": platform.python_version(),
@@ -341,6 +439,7 @@ def _run_info(context: RunContext, sink_names: tuple[str, ...]) -> dict[str, Any
 
 __all__ = [
     "RunContext",
+    "create_run",
     "RunInUseError",
     "SinkCreationError",
     "TrainingRun",

@@ -11,19 +11,16 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
-import numpy as np
 import torch
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import RowObserver
-from rl_training.registry import get_spec
 from rl_training.runtime.run_utils import (
     TrainingRun,
     create_training_run,
@@ -32,13 +29,15 @@ from rl_training.runtime.run_utils import (
 )
 from rl_training.runtime.seeding import resume_seed
 from rl_training.runtime.signals import graceful_stop, interrupt_for, requested_stop
-from rl_training.trainers.checkpoint import (
-    load_checkpoint,
-    load_model,
-    save_checkpoint,
-    save_model,
+from rl_training.trainers.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_model
+from rl_training.trainers.evaluation import (
+    EvalResult,
+    PeriodicEvaluator,
+    TrainedPolicy,
+    evaluate,
+    load_policy,
 )
-from rl_training.trainers.session import Session, run_loop, trainer_class
+from rl_training.trainers.session import Session, run_loop, saved_modules, trainer_class
 
 
 @dataclass(frozen=True)
@@ -55,18 +54,6 @@ class TrainResult:
     """Mean return of the last 20 training episodes (NaN if none finished)."""
     episodes: int
     """Training episodes finished."""
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What :func:`evaluate` returns."""
-
-    mean_return: float
-    """Mean of ``returns``."""
-    returns: list[float]
-    """Return of each episode."""
-    lengths: list[int]
-    """Length of each episode."""
 
 
 def train(
@@ -125,19 +112,19 @@ def resume(
     """
     run_dir = Path(run_dir)
     with graceful_stop():
-        run, state = open_resumed_run(run_dir, total_timesteps, strict=strict)
+        run, checkpoint = open_resumed_run(run_dir, total_timesteps, strict=strict)
         with run:
             if progress is not None:
                 run.logger.add_observer(progress)
-            return fit(run, state)
+            return fit(run, checkpoint)
 
 
 def open_resumed_run(
     run_dir: Path, total_timesteps: int | None, *, strict: bool = False
-) -> tuple[TrainingRun, dict[str, Any]]:
+) -> tuple[TrainingRun, Checkpoint]:
     """Check that ``run_dir`` can be resumed, lock it and open it again in place.
 
-    Returns the open run and the trainer state to continue from (see :func:`resume`).
+    Returns the open run and the checkpoint to continue from (see :func:`resume`).
     """
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     lock = lock_run(run_dir)
@@ -158,7 +145,7 @@ def open_resumed_run(
         else:
             fields["total_timesteps"] = total_timesteps
         config = TrainConfig(**fields, output_dir=run_dir.parent)
-        return reopen_training_run(run_dir, config, step, lock, strict=strict), checkpoint.trainer
+        return reopen_training_run(run_dir, config, step, lock, strict=strict), checkpoint
     except BaseException:
         lock.release()
         raise
@@ -172,18 +159,19 @@ def _run_status(run_dir: Path) -> str | None:
     return status if isinstance(status, str) else None
 
 
-def fit(run: TrainingRun, state: Mapping[str, Any] | None = None) -> TrainResult:
+def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
     """Train in an open run and save its model; the caller closes the run.
 
     This is :func:`train` without the run setup, for callers that need the run
     directory before training starts (the command line prints it on Ctrl-C).
     Checkpoints are written every ``config.checkpoint_interval`` steps, when a stop
     is requested (then ``KeyboardInterrupt``, or ``Terminated`` for SIGTERM, is
-    raised, so the run closes ``"interrupted"``) and at the end.
+    raised, so the run closes ``"interrupted"``) and at the end; evaluations every
+    ``config.eval_every`` steps. ``run.summary`` is set however training ends.
 
     Args:
         run: An open run made by :func:`create_training_run` (or a resume).
-        state: A trainer state to continue from (a checkpoint's).
+        checkpoint: A checkpoint to continue from.
 
     Raises:
         ValueError: the run was not made for a built-in algorithm (it has no plan).
@@ -195,43 +183,58 @@ def fit(run: TrainingRun, state: Mapping[str, Any] | None = None) -> TrainResult
             "fit() needs a run made by create_training_run(config) for a built-in algorithm"
         )
     config = plan.config
+    spaces = (plan.observation_space, plan.action_space)
     trainer_cls = trainer_class(plan.spec)
+    start = time.perf_counter()
     with _cpu_threads(plan.device, trainer_cls.CPU_THREADS):
         session = Session.open(plan, run.logger)
+        first_step = session.steps
+        evaluator: PeriodicEvaluator | None = None
         try:
             trainer = trainer_cls(session)
-            if state is not None:
-                trainer.load_state_dict(state)
+            if config.eval_every:
+                best = run.run_context.run_dir / "best_model.pt"
+                evaluator = PeriodicEvaluator(plan, trainer_cls, trainer, run.logger, best)
+            if checkpoint is not None:
+                trainer.load_state_dict(checkpoint.trainer)
+                if evaluator is not None and "evaluation" in checkpoint.extra:
+                    evaluator.load_state_dict(checkpoint.extra["evaluation"])
                 # Environments are not in a checkpoint: they restart, seeded from the
                 # seed and the step, so resuming one checkpoint twice gives one history.
                 session.stepper.reset(resume_seed(config.seed, session.steps))
+                first_step = session.steps
             written = {"step": -1}
 
-            def checkpoint() -> None:
-                if written["step"] != session.steps:
+            def save(steps: int) -> None:
+                if written["step"] != steps:
+                    extra = {"evaluation": evaluator.state_dict()} if evaluator else {}
                     save_checkpoint(
-                        run.run_context.checkpoint_path,
-                        config=config,
-                        step=session.steps,
-                        state=trainer.state_dict(),
-                    )
-                    written["step"] = session.steps
+                        run.run_context.checkpoint_path, config=config, step=steps,
+                        state=trainer.state_dict(), spaces=spaces, extra=extra,
+                    )  # fmt: skip
+                    written["step"] = steps
 
             start = time.perf_counter()
-            finished = run_loop(session, trainer, checkpoint, config.checkpoint_interval)
-            checkpoint()
+            periodic = [(config.eval_every, evaluator)] if evaluator is not None else []
+            finished = run_loop(session, trainer, [*periodic, (config.checkpoint_interval, save)])
+            save(session.steps)
             if not finished:
                 signum = requested_stop()
                 raise interrupt_for(signum if signum is not None else signal.SIGINT)
             save_model(
                 run.run_context.model_path,
                 algo=plan.spec.name,
-                env_id=plan.config.env_id,
+                env_id=config.env_id,
                 hyperparams=plan.hp,
-                modules=trainer.saved_modules(),
+                modules=saved_modules(trainer),
+                observation_space=plan.observation_space,
+                action_space=plan.action_space,
             )
             wall_time = time.perf_counter() - start
         finally:
+            run.summary = _summary(session, first_step, time.perf_counter() - start, evaluator)
+            if evaluator is not None:
+                evaluator.close()
             session.close()
     return TrainResult(
         run_dir=run.run_dir,
@@ -240,6 +243,22 @@ def fit(run: TrainingRun, state: Mapping[str, Any] | None = None) -> TrainResult
         mean_return=session.episodes.mean_return,
         episodes=session.episodes.count,
     )
+
+
+def _summary(
+    session: Session[Any], first_step: int, wall_time: float, evaluator: PeriodicEvaluator | None
+) -> dict[str, Any]:
+    """``run.json``'s summary: the run's steps and episodes, this attempt's time and rate."""
+    summary: dict[str, Any] = {
+        "steps": session.steps,
+        "wall_time_s": round(wall_time, 3),
+        "sps": round((session.steps - first_step) / wall_time, 1) if wall_time > 0 else None,
+        "episodes": session.episodes.count,
+        "mean_return": None if math.isnan(r := session.episodes.return_mean) else r,
+    }
+    if evaluator is not None and math.isfinite(evaluator.best_return):
+        summary["best_eval_return"] = evaluator.best_return
+    return summary
 
 
 @contextlib.contextmanager
@@ -261,69 +280,13 @@ def _cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def registered_env_id(env_id: str) -> str:
-    """The registered gymnasium id to make for an env id read from a run directory.
-
-    ``gym.make("module:Env-v0")`` imports ``module``; a run directory from someone
-    else must not make this process run code, so the module part is dropped and the
-    env must already be registered (import its package first).
-
-    Raises:
-        ValueError: the env is not registered in this process.
-    """
-    module, sep, name = env_id.rpartition(":")
-    bare = name if sep else env_id
-    if bare in gym.envs.registry:
-        return bare
-    hint = (
-        f"; it names module {module!r}, which rl-training never imports from a run "
-        "directory: import it yourself first"
-        if sep
-        else "; import the package that registers it first"
-    )
-    raise ConfigError(f"env id {env_id!r} is not registered in this process{hint}")
-
-
-def evaluate(
-    run_dir: str | Path, n_episodes: int = 20, deterministic: bool = True, seed: int = 0
-) -> EvalResult:
-    """Play ``n_episodes`` with the model saved in ``run_dir`` (on the CPU).
-
-    Episode ``i`` is reset with seed ``seed + i``, so an evaluation is repeatable.
-
-    Raises:
-        FileNotFoundError: ``run_dir`` holds no ``model.pt``.
-        ValueError: ``n_episodes`` is not positive, or the model's env is not registered
-            here (a module named in the run directory is never imported).
-    """
-    if isinstance(n_episodes, bool) or not isinstance(n_episodes, int) or n_episodes < 1:
-        raise ConfigError(f"n_episodes: {n_episodes!r} is not a positive integer")
-    saved = load_model(Path(run_dir) / "model.pt")
-    env = gym.make(registered_env_id(saved.env_id))
-    generator = torch.Generator().manual_seed(seed)
-    returns: list[float] = []
-    lengths: list[int] = []
-    try:
-        policy = trainer_class(get_spec(saved.algo)).load_policy(
-            saved, env.observation_space, env.action_space
-        )
-        for episode in range(n_episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            total, length, done = 0.0, 0, False
-            while not done:
-                with torch.inference_mode():
-                    action = policy(np.asarray(obs)[None], deterministic, generator)[0]
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                length += 1
-                done = terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-    finally:
-        env.close()
-    return EvalResult(
-        mean_return=math.fsum(returns) / len(returns), returns=returns, lengths=lengths
-    )
-
-
-__all__ = ["EvalResult", "TrainResult", "evaluate", "fit", "resume", "train"]
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "TrainedPolicy",
+    "evaluate",
+    "fit",
+    "load_policy",
+    "resume",
+    "train",
+]

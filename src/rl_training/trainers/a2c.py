@@ -36,6 +36,8 @@ class A2CTrainer:
 
     CPU_THREADS: ClassVar[int | None] = 1
     """Intra-op threads on the CPU (small networks: one thread is fastest)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]] = ("agent",)
+    """The modules a model file holds (attributes of the trainer)."""
 
     def __init__(self, session: Session[A2CHyperparams]) -> None:
         self.session = session
@@ -82,10 +84,6 @@ class A2CTrainer:
         losses = torch.stack([policy_loss, value_loss, entropy_loss]).detach()
         return training_row(agent, losses, b_values, b_returns, lr, self.n_updates)
 
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """The actor-critic."""
-        return {"agent": self.agent}
-
     def state_dict(self) -> dict[str, Any]:
         """Network, optimiser, update count and the session's counters and generator."""
         return state_of(self, "session", "agent", "optimizer", "n_updates")
@@ -95,7 +93,10 @@ class A2CTrainer:
 
     @staticmethod
     def load_policy(
-        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
         """Rebuild the trained actor for evaluation."""
-        return actor_critic_policy(saved, observation_space, action_space)
+        return actor_critic_policy(saved, observation_space, action_space, device)

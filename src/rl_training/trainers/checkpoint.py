@@ -1,8 +1,9 @@
 """Model and checkpoint files of a run.
 
-``model.pt`` holds the weights :func:`~rl_training.evaluate` reloads;
+``model.pt`` (and ``best_model.pt``) hold the weights a policy is rebuilt from;
 ``checkpoint.pt`` the whole training state :func:`~rl_training.resume` continues
-from. Both are written through a temporary file and a rename and read with
+from. Both carry the env's observation and action spaces, so a policy is rebuilt
+without making the env. Both are written atomically and read with
 ``weights_only=True``, so loading a file runs no code.
 """
 
@@ -14,43 +15,67 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
+from rl_training.registry import get_spec
 from rl_training.runtime.context import write_bytes_atomic
 
-MODEL_FORMAT = 1
-"""Version of the ``model.pt`` layout written by :func:`save_model`."""
+MODEL_FORMAT = 2
+"""Version of the ``model.pt`` layout written by :func:`save_model` (1: no spaces)."""
+
+CHECKPOINT_FORMAT = 1
+"""Version of the ``checkpoint.pt`` layout written by :func:`save_checkpoint`."""
+
+_CONFIG_FIELDS = (
+    "algo", "env_id", "seed", "total_timesteps", "device", "log_sinks", "hyperparams",
+    "checkpoint_every", "eval_every", "eval_episodes",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SavedModel:
-    """What :func:`load_model` reads back."""
+    """A policy's weights and what is needed to rebuild its networks."""
 
     algo: str
     env_id: str
     hyperparams: dict[str, Any]
+    """The resolved hyperparameters, as plain values."""
     state_dicts: dict[str, dict[str, torch.Tensor]]
+    """Module name -> its ``state_dict``."""
+    observation_space: gym.Space[Any] | None = None
+    """The env's observation space (``None`` in files written before spaces were kept)."""
+    action_space: gym.Space[Any] | None = None
+    """The env's action space."""
 
 
 def save_model(
-    path: Path, *, algo: str, env_id: str, hyperparams: Any, modules: Mapping[str, nn.Module]
+    path: Path,
+    *,
+    algo: str,
+    env_id: str,
+    hyperparams: Any,
+    modules: Mapping[str, nn.Module],
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
 ) -> None:
     """Write the modules' weights (moved to the CPU) and what is needed to rebuild them."""
     payload = {
         "format": MODEL_FORMAT,
         "algo": algo,
         "env_id": env_id,
-        "hyperparams": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(hyperparams).items()
-        },
+        "hyperparams": _plain(asdict(hyperparams)),
         "state_dicts": {
             name: {k: v.detach().cpu() for k, v in module.state_dict().items()}
             for name, module in modules.items()
         },
-    }
+        "spaces": {"observation": space_to_dict(observation_space),
+                   "action": space_to_dict(action_space)},
+    }  # fmt: skip
     write_bytes_atomic(path, _serialise(payload))
 
 
@@ -61,26 +86,16 @@ def load_model(path: Path) -> SavedModel:
         FileNotFoundError: no model at ``path``.
         ValueError: not a model file of this package.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved model at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an rl-training model file (format {MODEL_FORMAT})")
+    payload = _load(path, "model", (1, MODEL_FORMAT))
+    spaces = payload.get("spaces", {})
     return SavedModel(
         algo=payload["algo"],
         env_id=payload["env_id"],
         hyperparams=payload["hyperparams"],
         state_dicts=payload["state_dicts"],
+        observation_space=space_from_dict(spaces["observation"]) if spaces else None,
+        action_space=space_from_dict(spaces["action"]) if spaces else None,
     )
-
-
-CHECKPOINT_FORMAT = 1
-"""Version of the ``checkpoint.pt`` layout written by :func:`save_checkpoint`."""
-
-_CONFIG_FIELDS = (
-    "algo", "env_id", "seed", "total_timesteps", "device", "log_sinks", "hyperparams",
-    "checkpoint_every",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -93,16 +108,46 @@ class Checkpoint:
     """Environment steps when it was written."""
     trainer: dict[str, Any]
     """The trainer's ``state_dict()``."""
+    extra: dict[str, Any]
+    """State of the run besides the trainer's (evaluation's best return...)."""
+    observation_space: gym.Space[Any]
+    action_space: gym.Space[Any]
+
+    def saved_model(self, module_names: tuple[str, ...]) -> SavedModel:
+        """The policy part of the checkpoint, as a model file holds it."""
+        config = self.config
+        hyperparams = get_spec(config["algo"]).build_hyperparams(config["hyperparams"])
+        return SavedModel(
+            algo=config["algo"],
+            env_id=config["env_id"],
+            hyperparams=_plain(asdict(hyperparams)),
+            state_dicts={name: self.trainer[name] for name in module_names},
+            observation_space=self.observation_space,
+            action_space=self.action_space,
+        )
 
 
-def save_checkpoint(path: Path, *, config: TrainConfig, step: int, state: Any) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    config: TrainConfig,
+    step: int,
+    state: Any,
+    spaces: tuple[gym.Space[Any], gym.Space[Any]],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """Write the trainer's whole state atomically (a reader never sees half a file)."""
     fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
     fields["log_sinks"] = list(config.log_sinks)
-    fields["hyperparams"] = {
-        k: list(v) if isinstance(v, tuple) else v for k, v in config.hyperparams.items()
+    fields["hyperparams"] = _plain(dict(config.hyperparams))
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": fields,
+        "step": step,
+        "trainer": state,
+        "extra": dict(extra or {}),
+        "spaces": {"observation": space_to_dict(spaces[0]), "action": space_to_dict(spaces[1])},
     }
-    payload = {"format": CHECKPOINT_FORMAT, "config": fields, "step": step, "trainer": state}
     write_bytes_atomic(path, _serialise(payload))
 
 
@@ -113,15 +158,53 @@ def load_checkpoint(path: Path) -> Checkpoint:
         FileNotFoundError: no checkpoint at ``path``.
         ValueError: not a checkpoint of this package.
     """
+    payload = _load(path, "checkpoint", (CHECKPOINT_FORMAT,))
+    return Checkpoint(
+        config=payload["config"],
+        step=payload["step"],
+        trainer=payload["trainer"],
+        extra=payload.get("extra", {}),
+        observation_space=space_from_dict(payload["spaces"]["observation"]),
+        action_space=space_from_dict(payload["spaces"]["action"]),
+    )
+
+
+def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
+    """A Box or Discrete space as tensors and plain values (``weights_only``-safe)."""
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "type": "Box",
+            "low": torch.from_numpy(np.asarray(space.low).copy()),
+            "high": torch.from_numpy(np.asarray(space.high).copy()),
+            "dtype": str(space.dtype),
+        }
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    raise ValueError(f"space {space} is not supported (Box or Discrete)")
+
+
+def space_from_dict(data: Mapping[str, Any]) -> gym.Space[Any]:
+    """The space :func:`space_to_dict` described."""
+    if data["type"] == "Box":
+        dtype = np.dtype(data["dtype"])
+        return gym.spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=dtype)
+    return gym.spaces.Discrete(data["n"], start=data["start"])
+
+
+def _load(path: Path, kind: str, formats: tuple[int, ...]) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {path.parent} (no {path.name})")
+        raise FileNotFoundError(f"no {kind} in {path.parent} (no {path.name})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001  # truncated or foreign files alike
-        raise ConfigError(f"{path} is not a readable checkpoint: {error}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not an rl-training checkpoint (format {CHECKPOINT_FORMAT})")
-    return Checkpoint(config=payload["config"], step=payload["step"], trainer=payload["trainer"])
+        raise ConfigError(f"{path} is not a readable {kind} file: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") not in formats:
+        raise ConfigError(f"{path} is not an rl-training {kind} file (format {formats[-1]})")
+    return payload
+
+
+def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _serialise(payload: Any) -> bytes:

@@ -44,6 +44,8 @@ class DQNTrainer:
 
     CPU_THREADS: ClassVar[int | None] = 1
     """Intra-op threads on the CPU (batches of 64: one thread is fastest)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]] = ("q_net",)
+    """The modules a model file holds (attributes of the trainer)."""
 
     def __init__(self, session: Session[DQNHyperparams]) -> None:
         self.session = session
@@ -109,10 +111,6 @@ class DQNTrainer:
         # Log
         return {"train/epsilon": eps, **self.train_values}
 
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """The Q-network."""
-        return {"q_net": self.q_net}
-
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimiser, replay buffer, counters and the session's state."""
         return state_of(
@@ -124,23 +122,26 @@ class DQNTrainer:
 
     @staticmethod
     def load_policy(
-        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
         """Rebuild the Q-network: greedy, or epsilon-greedy with the final epsilon."""
         hp = saved.hyperparams
         n_actions = int(discrete_space(action_space).n)
-        q_net = q_network(obs_dim(observation_space), n_actions, tuple(hp["net_arch"]))
+        q_net = q_network(obs_dim(observation_space), n_actions, tuple(hp["net_arch"])).to(device)
         q_net.load_state_dict(saved.state_dicts["q_net"])
         q_net.eval()
 
         def policy(obs: Any, deterministic: bool, generator: torch.Generator) -> Any:
-            greedy = q_net(obs_to_tensor(obs, observation_space, torch.device("cpu"))).argmax(-1)
+            greedy = q_net(obs_to_tensor(obs, observation_space, device)).argmax(-1)
             if not deterministic:
                 explore = (
                     torch.rand(greedy.shape, generator=generator) < hp["exploration_final_eps"]
                 )
                 random_actions = torch.randint(0, n_actions, greedy.shape, generator=generator)
                 greedy = torch.where(explore, random_actions, greedy)
-            return greedy.numpy()
+            return greedy.cpu().numpy()
 
         return policy

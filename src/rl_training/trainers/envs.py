@@ -20,6 +20,9 @@ from rl_training.experiment.logging import Logger
 EPISODE_WINDOW = 20
 """Finished episodes over which ``mean_return`` is taken (the contract's "last 20")."""
 
+RETURN_MEAN_WINDOW = 100
+"""Finished episodes over which ``episode/return_mean`` is taken (SB3's ``ep_rew_mean``)."""
+
 
 def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
     """``num_envs`` copies of ``env_id`` in one process, seeded ``seed, seed+1, ...``.
@@ -38,17 +41,19 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVector
 
 
 class EpisodeTracker:
-    """Sums rewards per sub-env and logs ``episode/return`` and ``episode/length``.
+    """Sums rewards per sub-env and logs each finished episode.
 
-    Each finished episode is one ``log_metrics`` call at the global step it ended.
+    Each finished episode is one ``log_metrics`` call at the global step it ended:
+    ``episode/return``, ``episode/length`` and ``episode/return_mean`` (the mean
+    return of the last :data:`RETURN_MEAN_WINDOW` episodes, this one included).
     """
 
     def __init__(self, num_envs: int, logger: Logger) -> None:
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._logger = logger
-        #: The last :data:`EPISODE_WINDOW` returns, oldest first.
-        self.recent: collections.deque[float] = collections.deque(maxlen=EPISODE_WINDOW)
+        #: The last :data:`RETURN_MEAN_WINDOW` returns, oldest first.
+        self.recent: collections.deque[float] = collections.deque(maxlen=RETURN_MEAN_WINDOW)
         #: Finished episodes so far.
         self.count = 0
 
@@ -59,19 +64,31 @@ class EpisodeTracker:
         if dones.any():
             for i in np.flatnonzero(dones):
                 episode_return = float(self._returns[i])
-                self._logger.log_metrics(
-                    {"episode/return": episode_return, "episode/length": int(self._lengths[i])},
-                    step,
-                )
                 self.recent.append(episode_return)
                 self.count += 1
+                self._logger.log_metrics(
+                    {
+                        "episode/return": episode_return,
+                        "episode/length": int(self._lengths[i]),
+                        "episode/return_mean": self.return_mean,
+                    },
+                    step,
+                )
             self._returns[dones] = 0.0
             self._lengths[dones] = 0
 
     @property
     def mean_return(self) -> float:
         """Mean of the last :data:`EPISODE_WINDOW` returns (NaN before any episode ends)."""
-        return float(np.mean(self.recent)) if self.recent else math.nan
+        if not self.recent:
+            return math.nan
+        last = list(self.recent)[-EPISODE_WINDOW:]
+        return math.fsum(last) / len(last)
+
+    @property
+    def return_mean(self) -> float:
+        """Mean of the last :data:`RETURN_MEAN_WINDOW` returns (NaN before any episode ends)."""
+        return math.fsum(self.recent) / len(self.recent) if self.recent else math.nan
 
     def state_dict(self) -> dict[str, Any]:
         """Finished episodes: their count and the recent returns (not the episodes under

@@ -104,13 +104,15 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 def actor_critic_policy(
-    saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+    saved: SavedModel,
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
+    device: torch.device,
 ) -> Policy:
-    """An :class:`ActorCritic` from a saved model, as an evaluation policy (PPO and A2C)."""
+    """An :class:`ActorCritic` from a saved model, as a policy on ``device`` (PPO and A2C)."""
     agent = ActorCritic(observation_space, action_space, saved.hyperparams["net_arch"])
-    agent.load_state_dict(saved.state_dicts["agent"])
+    agent.to(device).load_state_dict(saved.state_dicts["agent"])
     agent.eval()
-    device = torch.device("cpu")
 
     def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
         obs_t = obs_to_tensor(obs, observation_space, device)

@@ -38,6 +38,8 @@ class PPOTrainer:
 
     CPU_THREADS: ClassVar[int | None] = 1
     """Intra-op threads on the CPU (small networks: one thread is fastest)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]] = ("agent",)
+    """The modules a model file holds (attributes of the trainer)."""
 
     def __init__(self, session: Session[PPOHyperparams]) -> None:
         self.session = session
@@ -109,10 +111,6 @@ class PPOTrainer:
         row["train/approx_kl"], row["train/clip_fraction"] = stats[3], stats[4]
         return row
 
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """The actor-critic."""
-        return {"agent": self.agent}
-
     def state_dict(self) -> dict[str, Any]:
         """Network, optimiser, update count and the session's counters and generator."""
         return state_of(self, "session", "agent", "optimizer", "n_updates")
@@ -122,7 +120,10 @@ class PPOTrainer:
 
     @staticmethod
     def load_policy(
-        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
         """Rebuild the trained actor for evaluation."""
-        return actor_critic_policy(saved, observation_space, action_space)
+        return actor_critic_policy(saved, observation_space, action_space, device)

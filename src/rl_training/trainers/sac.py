@@ -71,6 +71,8 @@ class SACTrainer:
 
     CPU_THREADS: ClassVar[int | None] = None
     """Intra-op threads on the CPU (None: torch default; 256-unit layers gain from both cores)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]] = ("actor", "critic")
+    """The modules a model file holds (attributes of the trainer)."""
 
     def __init__(self, session: Session[SACHyperparams]) -> None:
         self.session = session
@@ -166,10 +168,6 @@ class SACTrainer:
         )
         return self.train_values
 
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """Actor and critics."""
-        return {"actor": self.actor, "critic": self.critic}
-
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, temperature, replay buffer, counters, the session's state."""
         return state_of(
@@ -182,7 +180,10 @@ class SACTrainer:
 
     @staticmethod
     def load_policy(
-        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
         """Rebuild the trained actor for evaluation (deterministic: the tanh of the mean)."""
         box = box_space(action_space)
@@ -190,11 +191,11 @@ class SACTrainer:
         actor = SquashedGaussianActor(
             obs_dim(observation_space), act_size, tuple(saved.hyperparams["net_arch"])
         )
-        actor.load_state_dict(saved.state_dicts["actor"])
+        actor.to(device).load_state_dict(saved.state_dicts["actor"])
         actor.eval()
 
         def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
-            obs_t = obs_to_tensor(obs, observation_space, torch.device("cpu"))
+            obs_t = obs_to_tensor(obs, observation_space, device)
             action, _ = actor(obs_t, None if deterministic else generator)
             return scale_action(action, box)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -185,13 +185,12 @@ class Trainer(Protocol):
 
     CPU_THREADS: ClassVar[int | None]
     """Intra-op threads while training on the CPU (``None``: leave torch's setting)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]]
+    """The modules (attributes) a model file holds; their names are also keys of
+    ``state_dict()``."""
 
     def iteration(self) -> Mapping[str, Any]:
         """Collect, compute targets, optimise; return the training row's values."""
-        ...
-
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """The modules to save in the model file, by name."""
         ...
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,14 +207,25 @@ class TrainerClass(Protocol):
 
     CPU_THREADS: int | None
     """Intra-op threads while training on the CPU."""
+    SAVED_MODULES: tuple[str, ...]
+    """The modules a model file holds."""
 
     def __call__(self, session: Session[Any]) -> Trainer: ...
 
     def load_policy(
-        self, saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        self,
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
-        """Rebuild the trained policy from a saved model, on the CPU."""
+        """Rebuild the trained policy from a saved model, on ``device``."""
         ...
+
+
+def saved_modules(trainer: Trainer) -> dict[str, nn.Module]:
+    """The trainer's modules that a model file holds, by name."""
+    return {name: getattr(trainer, name) for name in trainer.SAVED_MODULES}
 
 
 def trainer_class(spec: AlgorithmSpec) -> TrainerClass:
@@ -228,29 +238,31 @@ def trainer_class(spec: AlgorithmSpec) -> TrainerClass:
 def run_loop(
     session: Session[Any],
     trainer: Trainer,
-    checkpoint: Callable[[], None] | None = None,
-    checkpoint_every: int = 0,
+    periodic: Sequence[tuple[int, Callable[[int], None]]] = (),
 ) -> bool:
     """Run ``trainer`` until the budget is spent or a stop is requested.
 
     After each iteration (a whole-state point) the training row is logged when due,
-    ``checkpoint()`` is called each time the step count passes a multiple of
-    ``checkpoint_every`` (0: never), and a stop request (SIGINT/SIGTERM, see
-    :mod:`rl_training.runtime.signals`) ends the loop.
+    each ``(every, call)`` of ``periodic`` is called with the step count whenever it
+    passes a multiple of ``every`` (evaluation, checkpoints; ``every`` 0: never),
+    and a stop request (SIGINT/SIGTERM, see :mod:`rl_training.runtime.signals`) ends
+    the loop.
 
     Returns:
         ``True`` if the budget was spent, ``False`` if a stop was requested first.
     """
     total = session.total_timesteps
+    due = [(every, call) for every, call in periodic if every > 0]
     while session.steps < total:
         if requested_stop() is not None:
             return False
         before = session.steps
         values = trainer.iteration()
-        session.log(session.steps, values)
-        if checkpoint is not None and checkpoint_every:
-            if session.steps // checkpoint_every > before // checkpoint_every:
-                checkpoint()
+        steps = session.steps
+        session.log(steps, values)
+        for every, call in due:
+            if steps // every > before // every:
+                call(steps)
     return True
 
 
@@ -302,6 +314,7 @@ __all__ = [
     "TrainerClass",
     "load_state",
     "run_loop",
+    "saved_modules",
     "state_of",
     "trainer_class",
 ]

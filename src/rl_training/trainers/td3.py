@@ -49,6 +49,8 @@ class TD3Trainer:
 
     CPU_THREADS: ClassVar[int | None] = None
     """Intra-op threads on the CPU (None: torch default; 400x300 layers gain from both cores)."""
+    SAVED_MODULES: ClassVar[tuple[str, ...]] = ("actor", "critic")
+    """The modules a model file holds (attributes of the trainer)."""
 
     def __init__(self, session: Session[TD3Hyperparams]) -> None:
         self.session = session
@@ -124,10 +126,6 @@ class TD3Trainer:
         # Log
         return self.train_values
 
-    def saved_modules(self) -> dict[str, nn.Module]:
-        """Actor and critics."""
-        return {"actor": self.actor, "critic": self.critic}
-
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, replay buffer, counters and the session's state."""
         return state_of(
@@ -140,20 +138,23 @@ class TD3Trainer:
 
     @staticmethod
     def load_policy(
-        saved: SavedModel, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+        saved: SavedModel,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        device: torch.device,
     ) -> Policy:
         """Rebuild the trained actor for evaluation (deterministic; noise when not)."""
         box = box_space(action_space)
         act_size = int(np.prod(box.shape))
         hp = saved.hyperparams
         actor = DeterministicActor(obs_dim(observation_space), act_size, tuple(hp["net_arch"]))
-        actor.load_state_dict(saved.state_dicts["actor"])
+        actor.to(device).load_state_dict(saved.state_dicts["actor"])
         actor.eval()
 
         def policy(obs: np.ndarray, deterministic: bool, generator: torch.Generator) -> np.ndarray:
-            action = actor(obs_to_tensor(obs, observation_space, torch.device("cpu")))
+            action = actor(obs_to_tensor(obs, observation_space, device))
             if not deterministic and hp["action_noise"] > 0:
-                noise = torch.randn(action.shape, generator=generator)
+                noise = torch.randn(action.shape, generator=generator, device=device)
                 action = (action + hp["action_noise"] * noise).clamp(-1.0, 1.0)
             return scale_action(action, box)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl_training.hookspecs import hookimpl
-from rl_training.runtime.context import write_json_atomic
+from rl_training.runtime.context import AppendOnlyFile, write_json_atomic
 
 if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
@@ -43,13 +42,7 @@ class JsonlSink:
         self._config_path = run_context.config_path
         if run_context.resume_step is not None:
             keep_rows_up_to(self._metrics_path, run_context.resume_step)
-        self._fd: int | None = os.open(
-            self._metrics_path,
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0),
-            0o644,
-        )
-        self._size = os.fstat(self._fd).st_size
-        """Bytes of whole lines in the file: where a failed write is cut back to."""
+        self._file = AppendOnlyFile(self._metrics_path)
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.json`` (pretty, sorted keys); a later call replaces it."""
@@ -57,33 +50,14 @@ class JsonlSink:
 
     def log_metrics(self, metrics: Mapping[str, Scalar], step: int) -> None:
         """Append one line holding ``step``, ``time`` (Unix seconds) and every metric."""
-        if self._fd is None:
-            raise RuntimeError(f"{self._metrics_path} is closed")
         row: dict[str, Any] = {"step": step, "time": time.time()}
         for key, value in metrics.items():
             row[key] = json_safe(value)
-        data = (_encode(row) + "\n").encode("utf-8")
-        try:
-            written = os.write(self._fd, data)  # a regular file takes a line in one write
-            while written < len(data):  # ...unless it is full: then the next write fails
-                written += os.write(self._fd, data[written:])
-        except OSError as error:
-            # Never leave part of a line: cut the file back to the last whole one.
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            raise OSError(error.errno, f"{error.strerror} (writing {self._metrics_path})") from None
-        self._size += len(data)
+        self._file.append((_encode(row) + "\n").encode("utf-8"))
 
     def close(self) -> None:
         """fsync and close ``metrics.jsonl``; a second call does nothing."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self._file.close()
 
 
 def keep_rows_up_to(path: Path, step: int) -> None:

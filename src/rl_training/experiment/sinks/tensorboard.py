@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl_training.hookspecs import hookimpl
+from rl_training.runtime.context import AppendOnlyFile
 
 if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
@@ -127,11 +128,7 @@ class EventFileWriter:
             f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}."
             f"{os.getpid()}.{next(self._uid)}"
         )
-        self.path = log_dir / name
-        """The event file."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        self._fd: int | None = os.open(self.path, flags, 0o644)
-        self._size = 0
+        self._file = AppendOnlyFile(log_dir / name, exclusive=True)
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
     def write(self, event: Any) -> None:
@@ -141,34 +138,21 @@ class EventFileWriter:
             OSError: it could not be written; the file is cut back to its last whole
                 record, so every reader still sees every earlier event.
         """
-        if self._fd is None:
-            raise RuntimeError(f"{self.path} is closed")
         data = event.SerializeToString()
         header = struct.pack("<Q", len(data))
-        record = b"".join(
-            (header, struct.pack("<I", _masked_crc32c(header)), data,
-             struct.pack("<I", _masked_crc32c(data)))
+        self._file.append(
+            b"".join((header, struct.pack("<I", _masked_crc32c(header)), data,
+                      struct.pack("<I", _masked_crc32c(data))))
         )  # fmt: skip
-        try:
-            written = os.write(self._fd, record)
-            while written < len(record):
-                written += os.write(self._fd, record[written:])
-        except OSError as error:
-            try:
-                os.ftruncate(self._fd, self._size)
-            except OSError:
-                pass
-            raise OSError(error.errno, f"{error.strerror} (writing {self.path})") from None
-        self._size += len(record)
+
+    @property
+    def path(self) -> Path:
+        """The event file."""
+        return self._file.path
 
     def close(self) -> None:
         """fsync and close the file; a second call does nothing."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self._file.close()
 
 
 def _stamp(name: str) -> int | None:
