@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from rl_training.experiment.logging import normalize_config
 from rl_training.experiment.sinks.tensorboard import TensorBoardSink, flatten
 from rl_training.runtime.run_utils import create_run_context
 from rl_training.testing import event_files, load_events, read_scalars
@@ -52,20 +53,17 @@ def test_non_finite_and_bool_values_are_floats(context):
 
 
 def test_config_as_text_and_hparams_in_the_same_directory(context):
-    """The config is a text table and hparams session info, with no extra subdirectory."""
+    """The config is a text table; hparams declare the experiment (algo, env, seed, every
+    algorithm's hyperparameters; the metrics to compare) and this run's session."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
     from tensorboard.plugins.hparams import metadata as hp_metadata
-    from tensorboard.plugins.hparams import plugin_data_pb2
 
+    from rl_training import TrainConfig
+
+    config = TrainConfig(algo="ppo", env_id="CartPole-v1", seed=3, total_timesteps=64,
+                         output_dir="x|y", hyperparams={"n_steps": 32})  # fmt: skip
     sink = TensorBoardSink(context)
-    sink.log_config(
-        {
-            "algo": "ppo",
-            "seed": 3,
-            "hyperparams": {"n_steps": 32, "anneal_lr": True},
-            "log_sinks": ["tensorboard"],
-            "note": "a|b",
-        }
-    )
+    sink.log_config(normalize_config(config))
     sink.log_metrics({"episode/return": 9.0}, 0)
     sink.close(status="interrupted")
     assert [p for p in context.tensorboard_dir.iterdir() if p.is_dir()] == []
@@ -75,20 +73,45 @@ def test_config_as_text_and_hparams_in_the_same_directory(context):
     (text_event,) = accumulator.Tensors("config/text_summary")
     table = text_event.tensor_proto.string_val[0].decode()
     assert "| algo | ppo |" in table and "| hyperparams.n_steps | 32 |" in table
-    assert "a\\|b" in table
+    assert "x\\|y" in table
 
     content = accumulator.PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    experiment = hp_metadata.parse_experiment_plugin_data(content[hp_metadata.EXPERIMENT_TAG])
+    names = [info.name for info in experiment.hparam_infos]
+    assert names[:3] == ["algo", "env_id", "seed"]
+    assert {"hyperparams.n_steps", "hyperparams.buffer_size", "hyperparams.policy_delay"} <= set(
+        names
+    )  # every algorithm's, so one declaration covers every run of the directory
+    assert not {"output_dir", "log_sinks", "device", "total_timesteps"} & set(names)
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "episode/return_mean", "eval/mean_return"
+    ]  # fmt: skip
     start = hp_metadata.parse_session_start_info_plugin_data(
         content[hp_metadata.SESSION_START_INFO_TAG]
     )
     assert start.hparams["algo"].string_value == "ppo"
     assert start.hparams["seed"].number_value == 3
+    assert start.hparams["hyperparams.n_steps"].number_value == 32
     assert start.hparams["hyperparams.anneal_lr"].bool_value is True
-    assert start.hparams["log_sinks"].string_value == '["tensorboard"]'
+    assert start.hparams["hyperparams.net_arch"].string_value == "[64, 64]"
+    assert "output_dir" not in start.hparams
     end = plugin_data_pb2.HParamsPluginData.FromString(content[hp_metadata.SESSION_END_INFO_TAG])
-    from tensorboard.plugins.hparams import api_pb2
-
     assert end.session_end_info.status == api_pb2.Status.Value("STATUS_UNKNOWN")
+
+
+def test_other_configs_give_their_own_hparams(context):
+    """A create_run config's scalar entries are its hyperparameters."""
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+
+    sink = TensorBoardSink(context)
+    sink.log_config({"lr": 0.1, "net": {"layers": [64, 64]}, "note": "x"})
+    sink.close()
+    content = load_events(context.tensorboard_dir).PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    start = hp_metadata.parse_session_start_info_plugin_data(
+        content[hp_metadata.SESSION_START_INFO_TAG]
+    )
+    assert dict(start.hparams)["lr"].number_value == 0.1
+    assert start.hparams["net.layers"].string_value == "[64, 64]"
 
 
 def test_flatten_joins_nested_keys():

@@ -70,7 +70,9 @@ class TensorBoardSink:
         rows = "\n".join(f"| {key} | {_markdown_cell(value)} |" for key, value in flat.items())
         self._add(_text_summary("config", "| key | value |\n|---|---|\n" + rows), self._config_step)
         if not self._wrote_session:  # the hparams plugin reads one session start per run
-            self._add(_session_start(flat), 0)
+            experiment, session_start = _hparams(config)
+            self._add(experiment, 0)
+            self._add(session_start, 0)
             self._wrote_session = True
 
     def log_metrics(self, metrics: Mapping[str, Scalar], step: int) -> None:
@@ -235,21 +237,50 @@ def _plugin_summary(tag: str, **content: Any) -> Any:
     )
 
 
-def _session_start(flat: Mapping[str, Any]) -> Any:
-    from tensorboard.plugins.hparams import metadata
-    from tensorboard.plugins.hparams.plugin_data_pb2 import SessionStartInfo
+HPARAMS_METRICS: tuple[str, ...] = ("episode/return_mean", "eval/mean_return")
+"""The metrics the HParams tab compares runs by."""
 
-    info = SessionStartInfo(start_time_secs=time.time())
-    for key, value in flat.items():
-        if isinstance(value, bool):
-            info.hparams[key].bool_value = value
-        elif isinstance(value, (int, float)):
-            info.hparams[key].number_value = value
-        elif isinstance(value, str):
-            info.hparams[key].string_value = value
-        elif value is not None:  # lists and empty mappings: compared as their JSON text
-            info.hparams[key].string_value = json.dumps(value)
-    return _plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=info)
+
+def _hparams(config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The experiment declaration and this run's session start, through tensorboard's
+    ``hparams.summary_v2`` API (which works without TensorFlow).
+
+    For a built-in trainer's run the hyperparameter domain is the algorithm, the env,
+    the seed and every hyperparameter of every registered algorithm, so whichever
+    run's declaration TensorBoard reads first covers all runs of the directory; the
+    output directory, sinks and device are not hyperparameters. Another run's
+    config gives its own scalar entries.
+    """
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    resolved = config.get("resolved_hyperparams")
+    if isinstance(resolved, Mapping) and "algo" in config:
+        from rl_training.registry import ALGORITHMS, ALGOS
+
+        values: dict[str, Any] = {k: config[k] for k in ("algo", "env_id", "seed") if k in config}
+        values.update({f"hyperparams.{k}": v for k, v in resolved.items()})
+        names = ["algo", "env_id", "seed"] + sorted(
+            {
+                f"hyperparams.{name}"
+                for spec in ALGORITHMS.values()
+                for name in spec.hyperparam_names
+            }
+        )
+        domains: dict[str, Any] = {"algo": hp.Discrete(list(ALGOS))}
+    else:
+        values = flatten(config)
+        names, domains = list(values), {}
+    session = {k: _hparam_value(v) for k, v in values.items() if v is not None}
+    declared = [hp.HParam(name, domains.get(name)) for name in names]
+    metrics = [hp.Metric(tag) for tag in HPARAMS_METRICS]
+    return hp.hparams_config_pb(declared, metrics), hp.hparams_pb(session)
+
+
+def _hparam_value(value: Any) -> bool | int | float | str:
+    """A session value the hparams plugin stores: lists and mappings as their JSON text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value)
 
 
 def _session_end(status: str) -> Any:
