@@ -83,6 +83,8 @@ def test_config_as_text_and_hparams_in_the_same_directory(context):
         names
     )  # every algorithm's, so one declaration covers every run of the directory
     assert not {"output_dir", "log_sinks", "device", "total_timesteps"} & set(names)
+    differs = {info.name for info in experiment.hparam_infos if info.differs}  # listed first
+    assert differs == {"algo", "env_id", "seed", "hyperparams.learning_rate", "hyperparams.n_steps"}
     assert [m.name.tag for m in experiment.metric_infos] == [
         "episode/return_mean", "eval/mean_return"
     ]  # fmt: skip

@@ -1,27 +1,41 @@
-"""The ``mlflow`` sink: each run an MLflow run, in a local store unless told otherwise.
+"""The ``mlflow`` sink: each run an MLflow run, in one store per output directory.
 
-- Store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<run_dir>/mlflow.db`` (with
-  artifacts under ``<run_dir>/mlflow-artifacts``), so a run is self-contained.
-  Experiment: ``MLFLOW_EXPERIMENT_NAME``, else ``rl-training``.
+- Store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<output_dir>/mlflow.db``
+  with artifacts under ``<output_dir>/mlflow-artifacts``: every run of an output
+  directory in one store, so ``mlflow ui`` compares them. Experiment:
+  ``MLFLOW_EXPERIMENT_NAME``, else ``rl-training``. Runs started at once share the
+  store safely (SQLite locking; the experiment is created once).
 - Config: MLflow params, flattened to dotted keys (``hyperparams.n_steps``); values
   longer than MLflow's limit are cut, ending in ``...``.
 - Metrics: with their step; buffered and sent in batches (at most every
   ``FLUSH_SECONDS`` or ``FLUSH_METRICS`` values, and on close), since each request to
-  a store costs milliseconds. MLflow stores +-inf as +-1.797e308.
-- Close: the MLflow run ends FINISHED, FAILED or KILLED for the statuses
+  a store costs milliseconds. A key MLflow refuses (a comma, a newline, over 250
+  characters...) is renamed when it is logged, with one :class:`MlflowKeyWarning`,
+  so no batch is ever refused for it. MLflow stores +-inf as +-1.797e308.
+- Close: ``model.pt`` and ``best_model.pt`` of the run directory are logged as
+  artifacts; the MLflow run ends FINISHED, FAILED or KILLED for the statuses
   ``finished``, ``failed`` and ``interrupted``.
 - Resume (``run_context.resume_step`` S): the same MLflow run continues (found by
   its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. MLflow
   has no API to delete metric points: those the earlier attempt logged after S
   stay in the history beside the new ones.
+- Telemetry: MLflow's usage telemetry (network calls, files under ``~/.config``) is
+  off unless ``MLFLOW_DISABLE_TELEMETRY`` is set to something else before the sink
+  starts, as a sink writes nowhere but its store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
+import posixpath
+import re
 import time
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import rl_training
@@ -32,34 +46,59 @@ FLUSH_METRICS = 500
 """Values that trigger a send (MLflow takes up to 1000 per batch)."""
 MAX_PARAM_LENGTH = 6000
 """MLflow's limit on a param value (500 before MLflow 2.9; 6000 since)."""
+MAX_KEY_LENGTH = 250
+"""MLflow's limit on a metric or param key."""
 
 _STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's rule, without the POSIX-only colon
+
+
+class MlflowKeyWarning(RuntimeWarning):
+    """A metric or param key MLflow would refuse was renamed (once per key)."""
+
+
+def mlflow_key(key: str) -> str:
+    """``key`` as MLflow accepts it: other characters become ``_``, empty, ``.`` and
+    ``..`` path segments ``_``, at most 250 characters (a cut key ends in a hash)."""
+    parts = _BAD_KEY_CHARS.sub("_", key).split("/")
+    segments = [part if part not in ("", ".", "..") else "_" for part in parts]
+    name = "/".join(segments)
+    if len(name) > MAX_KEY_LENGTH:
+        digest = hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name[: MAX_KEY_LENGTH - 9]}_{digest}"
+    assert posixpath.normpath(name) == name
+    return name
 
 
 class MlflowSink:
     """Log to an MLflow tracking store through ``MlflowClient``."""
 
     def __init__(self, run_context: Any) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        run_dir = run_context.run_dir
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir / 'mlflow.db'}"
-        local = "MLFLOW_TRACKING_URI" not in os.environ
-        self.client = MlflowClient(tracking_uri=uri)
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "rl-training")
-        experiment = self.client.get_experiment_by_name(name)
+        self._run_dir = Path(run_context.run_dir).resolve()  # relative dirs: URIs need absolute
+        output_dir = self._run_dir.parent
+        configured = os.environ.get("MLFLOW_TRACKING_URI")
+        uri = configured or f"sqlite:///{output_dir / 'mlflow.db'}"
+        with _quiet("mlflow.store.db.utils", "alembic"):  # "Creating initial ... tables"
+            self.client = MlflowClient(tracking_uri=uri)
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "rl-training")
+            experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:
+            artifacts = None if configured else (output_dir / "mlflow-artifacts").as_uri()
             try:
-                experiment_id = self.client.create_experiment(
-                    name,
-                    artifact_location=(run_dir / "mlflow-artifacts").as_uri() if local else None,
-                )
-            except Exception:  # another run created it first
-                experiment_id = self.client.get_experiment_by_name(name).experiment_id
+                experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+            except MlflowException:  # another run created it first...
+                found = self.client.get_experiment_by_name(name)
+                if found is None:  # ...or not: a real error
+                    raise
+                experiment_id = found.experiment_id
         resume_step = getattr(run_context, "resume_step", None)
-        earlier = self._find_run(experiment_id, str(run_dir)) if resume_step is not None else None
+        earlier = self._find_run(experiment_id) if resume_step is not None else None
         self._logged_params: dict[str, str] = {}
         if earlier is not None:  # a resumed run continues its MLflow run
             self.run_id: str = earlier
@@ -68,21 +107,37 @@ class MlflowSink:
             self._logged_params = dict(self.client.get_run(self.run_id).data.params)
         else:
             run = self.client.create_run(
-                experiment_id, run_name=run_context.name, tags={"rl_training.run_dir": str(run_dir)}
+                experiment_id,
+                run_name=run_context.name,
+                tags={"rl_training.run_dir": str(self._run_dir)},
             )
             self.run_id = run.info.run_id
+        self._keys: dict[str, str] = {}
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._closed = False
 
-    def _find_run(self, experiment_id: str, run_dir: str) -> str | None:
-        escaped = run_dir.replace("'", "\\'")
+    def _find_run(self, experiment_id: str) -> str | None:
+        escaped = str(self._run_dir).replace("'", "\\'")
         found = self.client.search_runs(
             [experiment_id],
             filter_string=f"tags.`rl_training.run_dir` = '{escaped}'",
             max_results=1,
         )
         return found[0].info.run_id if found else None
+
+    def _key(self, key: str) -> str:
+        """The MLflow key for ``key`` (renamed, with one warning, if MLflow would refuse it)."""
+        name = self._keys.get(key)
+        if name is None:
+            name = self._keys[key] = mlflow_key(key)
+            if name != key:
+                warnings.warn(
+                    f"mlflow sink: key {key!r} is not a valid MLflow key; logged as {name!r}",
+                    MlflowKeyWarning,
+                    stacklevel=3,
+                )
+        return name
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Log the flattened config as params.
@@ -94,11 +149,11 @@ class MlflowSink:
 
         params, tags = [], []
         for key, value in _flatten(config).items():
-            text = _param_value(value)
-            if key not in self._logged_params:
-                params.append(Param(key, text))
-            elif self._logged_params[key] != text:
-                tags.append(RunTag(f"config.{key}", text))
+            name, text = self._key(key), _param_value(value)
+            if name not in self._logged_params:
+                params.append(Param(name, text))
+            elif self._logged_params[name] != text:
+                tags.append(RunTag(mlflow_key(f"config.{name}"), text))
         for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100], tags=tags)
             tags = []
@@ -111,7 +166,8 @@ class MlflowSink:
         from mlflow.entities import Metric
 
         timestamp = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), timestamp, step) for k, v in metrics.items())
+        key = self._key
+        self._pending.extend(Metric(key(k), float(v), timestamp, step) for k, v in metrics.items())
         if (
             len(self._pending) >= FLUSH_METRICS
             or time.monotonic() - self._last_flush >= FLUSH_SECONDS
@@ -126,14 +182,34 @@ class MlflowSink:
         self._last_flush = time.monotonic()
 
     def close(self, status: str = "finished") -> None:
-        """Send what is queued and end the MLflow run with the matching status."""
+        """Send what is queued, log the run's models, end the MLflow run with the status."""
         if self._closed:
             return
         self._closed = True
         try:
             self.flush()
+            for model in ("model.pt", "best_model.pt"):
+                if (self._run_dir / model).is_file():
+                    self.client.log_artifact(self.run_id, str(self._run_dir / model))
         finally:
             self.client.set_terminated(self.run_id, _STATUS.get(status, "FAILED"))
+
+
+class _quiet:
+    """Raise the named loggers to WARNING within the block."""
+
+    def __init__(self, *names: str) -> None:
+        self._loggers = [logging.getLogger(name) for name in names]
+        self._levels: list[int] = []
+
+    def __enter__(self) -> None:
+        self._levels = [logger.level for logger in self._loggers]
+        for logger in self._loggers:
+            logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        for logger, level in zip(self._loggers, self._levels, strict=True):
+            logger.setLevel(level)
 
 
 def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,9 +21,11 @@ def only_run(client):
 def _local_store(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no test talks to the network
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
 
 
-def test_params_metrics_and_status_in_a_store_inside_the_run(tmp_path):
+def test_params_metrics_and_status_in_the_output_directory_store(tmp_path):
     """Config as flattened params, every metric with its step, the run FINISHED."""
     config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",), hyperparams={"n_steps": 16})
     with create_training_run(config) as run:
@@ -32,7 +34,7 @@ def test_params_metrics_and_status_in_a_store_inside_the_run(tmp_path):
                 {"loss/value": 1.0 / (step + 1), "episode/return": step}, step * 10
             )
         run.logger.log_metrics({"odd": math.nan}, 60)
-    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir.parent / 'mlflow.db'}")
     stored = only_run(client)
     assert stored.info.status == "FINISHED"
     assert stored.info.run_name == run.run_dir.name
@@ -55,7 +57,7 @@ def test_run_ends_failed_or_killed(tmp_path, exception, status):
     with pytest.raises(exception), create_training_run(config) as run:
         run.logger.log_metrics({"m": 1.0}, 1)
         raise exception
-    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir.parent / 'mlflow.db'}")
     stored = only_run(client)
     assert stored.info.status == status
     assert [m.value for m in client.get_metric_history(stored.info.run_id, "m")] == [1.0]
@@ -85,7 +87,7 @@ def test_long_param_values_are_cut(tmp_path):
     config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",))
     with create_training_run(config) as run:
         run.logger.log_config({"note": "x" * (MAX_PARAM_LENGTH + 50)})
-    stored = only_run(MlflowClient(tracking_uri=f"sqlite:///{run.run_dir / 'mlflow.db'}"))
+    stored = only_run(MlflowClient(tracking_uri=f"sqlite:///{run.run_dir.parent / 'mlflow.db'}"))
     assert len(stored.data.params["note"]) == MAX_PARAM_LENGTH
     assert stored.data.params["note"].endswith("...")
 
@@ -100,7 +102,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
     )  # fmt: skip
     first = train(config)
     resume(first.run_dir, total_timesteps=256)
-    client = MlflowClient(tracking_uri=f"sqlite:///{first.run_dir / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{first.run_dir.parent / 'mlflow.db'}")
     stored = only_run(client)  # one run, not two
     assert stored.info.status == "FINISHED"
     assert stored.data.tags["rl_training.resume_step"] == "128"
@@ -108,3 +110,48 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
     assert stored.data.tags["config.total_timesteps"] == "256"  # ...the new budget is a tag
     steps = [m.step for m in client.get_metric_history(stored.info.run_id, "train/n_updates")]
     assert max(steps) == 256 and 128 in steps
+
+
+def test_relative_output_directory_and_two_runs_in_one_store(tmp_path, monkeypatch, capfd):
+    """The README's command: a relative output dir; both runs land in runs/mlflow.db,
+    quietly, each with its model as an artifact."""
+    from rl_training import train
+
+    monkeypatch.chdir(tmp_path)
+    hp = {"num_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1}
+    results = [
+        train(tiny_config(output_dir="runs", seed=seed, log_sinks=("json", "mlflow"),
+                          total_timesteps=64, hyperparams=hp))
+        for seed in (0, 1)
+    ]  # fmt: skip
+    assert "Creating initial MLflow database tables" not in capfd.readouterr().err
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rl-training"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(r.run_dir.name for r in results)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["model.pt"]
+
+
+def test_keys_mlflow_refuses_are_renamed_and_nothing_is_lost(tmp_path):
+    """A key with a comma, a newline or over 250 characters is renamed with one warning;
+    every value of the batch is stored."""
+    from rl_training_mlflow import MlflowKeyWarning, mlflow_key
+
+    bad = {"a,b": 1.0, "line\nbreak": 2.0, "k" * 300: 3.0, "ok/key": 4.0}
+    config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",))
+    with pytest.warns(MlflowKeyWarning) as warned, create_training_run(config) as run:
+        run.logger.log_metrics(bad, 1)
+        run.logger.log_metrics(bad, 2)  # warned once per key, not per row
+    assert len(warned) == 3
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir.parent / 'mlflow.db'}")
+    stored = only_run(client)
+    assert stored.info.status == "FINISHED"
+    for key, value in bad.items():
+        history = client.get_metric_history(stored.info.run_id, mlflow_key(key))
+        assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+            (1, value), (2, value)
+        ]  # fmt: skip
+    assert mlflow_key("a,b") == "a_b" and len(mlflow_key("k" * 300)) == 250
+    assert mlflow_key("../x//y") == "_/x/_/y"

@@ -267,13 +267,35 @@ def _hparams(config: Mapping[str, Any]) -> tuple[Any, Any]:
             }
         )
         domains: dict[str, Any] = {"algo": hp.Discrete(list(ALGOS))}
+        overridden = config.get("hyperparams")
+        varied = {"algo", "env_id", "seed", "hyperparams.learning_rate"} | {
+            f"hyperparams.{k}" for k in (overridden if isinstance(overridden, Mapping) else ())
+        }
     else:
         values = flatten(config)
-        names, domains = list(values), {}
+        names, domains, varied = list(values), {}, set(values)
     session = {k: _hparam_value(v) for k, v in values.items() if v is not None}
     declared = [hp.HParam(name, domains.get(name)) for name in names]
     metrics = [hp.Metric(tag) for tag in HPARAMS_METRICS]
-    return hp.hparams_config_pb(declared, metrics), hp.hparams_pb(session)
+    return _mark_varied(hp.hparams_config_pb(declared, metrics), varied), hp.hparams_pb(session)
+
+
+def _mark_varied(summary: Any, varied: set[str]) -> Any:
+    """Set ``differs`` on the declared hyperparameters that runs usually vary.
+
+    TensorBoard's HParams backend orders hyperparameters with ``differs`` first, then
+    by name, when it serves a declared experiment.
+    """
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    (value,) = summary.value
+    experiment = metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+    for info in experiment.hparam_infos:
+        info.differs = info.name in varied
+    data = HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, experiment=experiment)
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return summary
 
 
 def _hparam_value(value: Any) -> bool | int | float | str:
