@@ -200,3 +200,18 @@ def test_cli_version_json_and_hyperparameter_descriptions():
     assert "Twin Delayed DDPG" in listing.stdout
     assert any(line.split()[0] == "policy_delay=2" and "Critic updates per actor" in line
                for line in listing.stdout.splitlines())  # fmt: skip
+
+
+def test_the_cleanrl_style_example_logs_through_create_run(tmp_path):
+    """examples/reinforce_cartpole.py, a plain PyTorch loop, writes a run both sinks agree on."""
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "reinforce_cartpole.py"
+    result = subprocess.run([sys.executable, str(script), "--total-timesteps", "600"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / result.stdout.strip()
+    rows = assert_sinks_agree(run_dir)
+    assert rows[-1]["step"] >= 600 and all("loss/policy" in row for row in rows)
+    assert json.loads((run_dir / "config.json").read_text())["total_timesteps"] == 600
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"

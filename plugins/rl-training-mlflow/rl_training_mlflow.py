@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import posixpath
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,9 @@ class MlflowSink:
         output_dir = self._run_dir.parent
         configured = os.environ.get("MLFLOW_TRACKING_URI")
         uri = configured or f"sqlite:///{output_dir / 'mlflow.db'}"
-        with _quiet("mlflow.store.db.utils", "alembic"):  # "Creating initial ... tables"
+        # MLflow creates (migrates) a new SQLite store on first use; two runs doing it at
+        # once corrupt the migration, so the first use is serialised with a lock beside it.
+        with _store_lock(None if configured else output_dir / ".mlflow.lock"), _quiet():
             self.client = MlflowClient(tracking_uri=uri)
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "rl-training")
             experiment = self.client.get_experiment_by_name(name)
@@ -195,20 +198,36 @@ class MlflowSink:
             self.client.set_terminated(self.run_id, _STATUS.get(status, "FAILED"))
 
 
-class _quiet:
-    """Raise the named loggers to WARNING within the block."""
+@contextlib.contextmanager
+def _store_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the block (nothing when ``None``)."""
+    if path is None:
+        yield
+        return
+    import fcntl
 
-    def __init__(self, *names: str) -> None:
-        self._loggers = [logging.getLogger(name) for name in names]
-        self._levels: list[int] = []
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
-    def __enter__(self) -> None:
-        self._levels = [logger.level for logger in self._loggers]
-        for logger in self._loggers:
-            logger.setLevel(logging.WARNING)
 
-    def __exit__(self, *exc: object) -> None:
-        for logger, level in zip(self._loggers, self._levels, strict=True):
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hush a new store's set-up: MLflow's "Creating initial MLflow database tables..."
+    and alembic's migration warnings."""
+    loggers = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="alembic")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

@@ -3,4 +3,4 @@ from rl_training.testing import SinkContract
 
 class TestMlflowSink(SinkContract):
     sink_name = "mlflow"
-    shared_files = ("mlflow.db", "mlflow-artifacts")  # one store per output directory
+    shared_files = ("mlflow.db", "mlflow-artifacts", ".mlflow.lock")  # one store per output dir

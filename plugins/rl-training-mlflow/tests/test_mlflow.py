@@ -155,3 +155,36 @@ def test_keys_mlflow_refuses_are_renamed_and_nothing_is_lost(tmp_path):
         ]  # fmt: skip
     assert mlflow_key("a,b") == "a_b" and len(mlflow_key("k" * 300)) == 250
     assert mlflow_key("../x//y") == "_/x/_/y"
+
+
+CONCURRENT_RUN = """
+import sys
+from rl_training import train
+from rl_training.testing import tiny_config
+
+train(tiny_config(output_dir=sys.argv[1], seed=int(sys.argv[2]), log_sinks=("mlflow",),
+                  total_timesteps=64, hyperparams={"n_steps": 16}))
+"""
+
+
+def test_runs_started_at_once_share_a_new_store(tmp_path):
+    """Three processes creating the store at the same moment all end FINISHED in it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, str(tmp_path / "runs"), str(seed)],
+                         stderr=subprocess.PIPE, text=True, env=env)
+        for seed in range(3)
+    ]  # fmt: skip
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert "Creating initial MLflow database tables" not in stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "rl-training"]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
