@@ -14,12 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import torch
 from torch import nn
 
 from rl_training.hyperparams import A2CHyperparams
-from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.on_policy import (
     actor_critic_and_buffer,
     actor_critic_policy,
@@ -28,7 +26,7 @@ from rl_training.trainers.on_policy import (
     training_row,
 )
 from rl_training.trainers.optim import FlatOptimizer
-from rl_training.trainers.session import Policy, Session, load_state, state_of
+from rl_training.trainers.session import Session, load_state, state_of
 
 
 class A2CTrainer:
@@ -91,12 +89,5 @@ class A2CTrainer:
     load_state_dict = load_state
     """Continue from :meth:`state_dict`."""
 
-    @staticmethod
-    def load_policy(
-        saved: SavedModel,
-        observation_space: gym.Space[Any],
-        action_space: gym.Space[Any],
-        device: torch.device,
-    ) -> Policy:
-        """Rebuild the trained actor for evaluation."""
-        return actor_critic_policy(saved, observation_space, action_space, device)
+    load_policy = staticmethod(actor_critic_policy)
+    """Rebuild the trained actor-critic as a policy."""

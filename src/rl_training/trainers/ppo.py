@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import gymnasium as gym
 import torch
 from torch import nn
 
 from rl_training.hyperparams import PPOHyperparams
-from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.on_policy import (
     actor_critic_and_buffer,
     actor_critic_policy,
@@ -30,7 +28,7 @@ from rl_training.trainers.on_policy import (
     training_row,
 )
 from rl_training.trainers.optim import FlatOptimizer
-from rl_training.trainers.session import Policy, Session, load_state, state_of
+from rl_training.trainers.session import Session, load_state, state_of
 
 
 class PPOTrainer:
@@ -118,12 +116,5 @@ class PPOTrainer:
     load_state_dict = load_state
     """Continue from :meth:`state_dict`."""
 
-    @staticmethod
-    def load_policy(
-        saved: SavedModel,
-        observation_space: gym.Space[Any],
-        action_space: gym.Space[Any],
-        device: torch.device,
-    ) -> Policy:
-        """Rebuild the trained actor for evaluation."""
-        return actor_critic_policy(saved, observation_space, action_space, device)
+    load_policy = staticmethod(actor_critic_policy)
+    """Rebuild the trained actor-critic as a policy."""
