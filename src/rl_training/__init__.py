@@ -9,6 +9,7 @@ from rl_training.errors import ConfigError
 from rl_training.experiment.logging import CompositeLogger, Logger, Sink
 from rl_training.hookspecs import hookimpl
 from rl_training.plugins import available_sinks
+from rl_training.runtime.distributed import reduce_metrics
 from rl_training.runtime.run_utils import (
     RunContext,
     TrainingRun,
@@ -61,6 +62,7 @@ __all__ = [
     "evaluate",
     "hookimpl",
     "load_policy",
+    "reduce_metrics",
     "resume",
     "train",
 ]

@@ -25,6 +25,7 @@ from rl_training import hyperparams as hp_module
 from rl_training.config import DEFAULT_LOG_SINKS, TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.registry import ALGOS, get_spec
+from rl_training.runtime.distributed import OtherRankFailed, launch_world
 from rl_training.runtime.run_utils import SinkCreationError
 from rl_training.runtime.signals import Terminated, graceful_stop, ignore_stop_signals
 
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # Under torchrun every rank runs this; rank 0 speaks for the run.
+        _Say.quiet = launch_world().rank != 0
         if args.json and not args.list_sinks:
             raise ConfigError("--json goes with --list-sinks (the listing it formats)")
         if args.list_sinks:
@@ -153,10 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_OS_ERROR, describe_os_error(error))
     except SinkCreationError as error:
         return _fail(EXIT_OS_ERROR, str(error))
+    except OtherRankFailed:  # rank 0 reports it
+        return EXIT_OS_ERROR
+
+
+class _Say:
+    quiet = False
+    """Whether this process is a torchrun rank other than 0 (it prints nothing)."""
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"rl-train: error: {message}", file=sys.stderr)
+    if not _Say.quiet:
+        print(f"rl-train: error: {message}", file=sys.stderr)
     return code
 
 
@@ -316,11 +327,11 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
 
 def _train(config: TrainConfig, args: argparse.Namespace) -> int:
     from rl_training.runtime.run_utils import create_training_run
-    from rl_training.trainers import fit  # here: --help and bad input stay fast without torch
+    from rl_training.trainers import fit, joined  # here: --help and bad input stay fast
 
     # Handlers first: a signal at any moment leaves no run directory, or one that
     # says "interrupted". They stay ours to the end (see _drive).
-    with graceful_stop(restore=False):
+    with graceful_stop(restore=False), joined(config.algo, config.device):
         run = create_training_run(config, args.run_suffix)  # checks everything before disk
         return _drive(run, lambda: fit(run), args)
 
@@ -330,7 +341,8 @@ _FIXED_ON_RESUME = ("algo", "env_id", "seed", "output_dir", "device", "log_sinks
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from rl_training.trainers import fit, open_resumed_run
+    from rl_training.trainers import fit, joined, open_resumed_run
+    from rl_training.trainers.checkpoint import load_checkpoint
 
     fixed = [f"--{name.replace('_', '-')}" for name in _FIXED_ON_RESUME if getattr(args, name)]
     if fixed or args.hp:
@@ -338,8 +350,11 @@ def _resume(args: argparse.Namespace) -> int:
             f"--resume continues a run as it was configured; {', '.join(fixed or ['--hp'])} "
             "cannot change (only --total-timesteps can)"
         )
-    with graceful_stop(restore=False):
-        run, state = open_resumed_run(Path(args.resume), args.total_timesteps)
+    run_dir = Path(args.resume)
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    algo, device = checkpoint.config["algo"], checkpoint.config["device"]
+    with graceful_stop(restore=False), joined(algo, device):
+        run, state = open_resumed_run(run_dir, args.total_timesteps, checkpoint=checkpoint)
         return _drive(run, lambda: fit(run, state), args)
 
 
@@ -363,7 +378,7 @@ def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Nam
     assert run.plan is not None  # a run of a built-in trainer
     config = run.plan.config
     progress = None
-    if not args.quiet:
+    if not args.quiet and run.writer:
         start = run.run_context.resume_step or 0
         progress = Progress(config.total_timesteps, sys.stderr, start=start)
         run.logger.add_observer(progress)
@@ -374,12 +389,15 @@ def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Nam
         ignore_stop_signals()  # finishing: a late Ctrl-C must not become a traceback
         if progress is not None:
             progress.close()
-        print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
-        print(run.run_dir, flush=True)
+        if run.writer:
+            print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
+            print(run.run_dir, flush=True)
         return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
     ignore_stop_signals()
     if progress is not None:
         progress.close()
+    if not run.writer:
+        return 0
     mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
     print(
         f"run {result.run_dir}: {result.steps} steps in {result.wall_time_s:.1f}s, "

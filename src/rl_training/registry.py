@@ -86,12 +86,14 @@ ALGORITHMS: Mapping[str, AlgorithmSpec] = types.MappingProxyType(
                 hyperparams=_hp.PPOHyperparams,
                 trainer="rl_training.trainers.ppo:PPOTrainer",
                 action_spaces=("Discrete", "Box"),
+                distributed=True,
             ),
             AlgorithmSpec(
                 name="a2c",
                 hyperparams=_hp.A2CHyperparams,
                 trainer="rl_training.trainers.a2c:A2CTrainer",
                 action_spaces=("Discrete", "Box"),
+                distributed=True,
             ),
             AlgorithmSpec(
                 name="dqn",

@@ -10,17 +10,32 @@ from rl_training.errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
+    from rl_training.runtime.distributed import World
+
 _CUDA_RE = re.compile(r"cuda(?::(\d+))?")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str = "auto", world: World | None = None) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``; ``"cuda"``; ``"cuda:N"``.
 
+    Under torchrun (``world`` distributed) each process uses ``cuda:LOCAL_RANK``
+    for ``"auto"`` and ``"cuda"``.
+
     Raises:
-        ValueError: an unknown spelling, or CUDA asked for where there is none
-            (or not that many devices).
+        ValueError: an unknown spelling, CUDA asked for where there is none (or not
+            that many devices), or ``"cuda:N"`` under torchrun.
     """
     import torch
+
+    if world is not None and world.distributed and device not in ("auto", "cpu", "cuda"):
+        if isinstance(device, str) and _CUDA_RE.fullmatch(device):
+            raise ConfigError(
+                f"device: {device!r} under torchrun: each process uses cuda:LOCAL_RANK; "
+                "pass 'cuda' or 'auto' (or 'cpu')"
+            )
+    if world is not None and world.distributed and device in ("auto", "cuda"):
+        if torch.cuda.is_available():
+            device = f"cuda:{world.local_rank}"
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

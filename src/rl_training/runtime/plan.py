@@ -16,6 +16,7 @@ from rl_training.errors import ConfigError
 from rl_training.hyperparams import Hyperparams
 from rl_training.registry import AlgorithmSpec
 from rl_training.runtime.device import resolve_device
+from rl_training.runtime.distributed import World, check_supported, launch_world
 
 if TYPE_CHECKING:
     import torch
@@ -37,18 +38,27 @@ class Plan:
     """One environment's observation space (a ``gymnasium.Space``)."""
     action_space: Any
     """One environment's action space."""
+    world: World = World()
+    """The processes training this run (one, unless started by torchrun)."""
 
 
-def resolve_plan(config: TrainConfig) -> Plan:
+def resolve_plan(config: TrainConfig, world: World | None = None) -> Plan:
     """Resolve the device and the env's spaces and check them against the algorithm.
+
+    Args:
+        config: The run.
+        world: The processes training it (default: torchrun's variables, else one).
 
     Raises:
         ValueError: CUDA asked for and absent, an unknown env id (or one that
-            cannot be made here), or spaces the algorithm does not take; the message
-            names the bad value and what is accepted.
+            cannot be made here), spaces the algorithm does not take, or an
+            algorithm that cannot train on several processes under torchrun; the
+            message names the bad value and what is accepted.
     """
     spec = config.spec
-    device = resolve_device(config.device)
+    world = launch_world() if world is None else world
+    check_supported(spec.name, spec.distributed, world)
+    device = resolve_device(config.device, world)
     observation_space, action_space = env_spaces(config.env_id)
     spec.check_spaces(config.env_id, observation_space, action_space)
     return Plan(
@@ -58,6 +68,7 @@ def resolve_plan(config: TrainConfig) -> Plan:
         device=device,
         observation_space=observation_space,
         action_space=action_space,
+        world=world,
     )
 
 
@@ -67,10 +78,20 @@ def env_spaces(env_id: str) -> tuple[Any, Any]:
     Raises:
         ValueError: gymnasium does not know ``env_id``, or cannot make it here.
     """
+    import importlib
+
     import gymnasium as gym
 
+    module, _, name = env_id.rpartition(":")
+    if module:  # "package.module:Env-v0": the module registers the env (as gym.make does)
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(
+                f"env_id: {env_id!r}: module {module!r} cannot be imported ({error})"
+            ) from None
     try:
-        gym.spec(env_id)
+        gym.spec(name)
     except gym.error.Error as error:
         raise ConfigError(
             f"env_id: {env_id!r} is not a registered gymnasium environment ({error}); "

@@ -36,6 +36,13 @@ from rl_training.runtime.context import (
     rewrite_in_place,
     write_json_atomic,
 )
+from rl_training.runtime.distributed import (
+    World,
+    agree,
+    current_world,
+    require_group,
+    share_outcome,
+)
 from rl_training.runtime.plan import Plan, resolve_plan
 from rl_training.runtime.signals import shielded
 
@@ -106,6 +113,10 @@ class TrainingRun:
     Use it as a context manager; leaving by an exception closes it ``"failed"``, by
     ``KeyboardInterrupt`` ``"interrupted"``. While it is open it holds the run
     directory's lock, so no other process can resume the same run.
+
+    Under torchrun, ranks other than 0 hold a run that writes nothing
+    (``writer=False``): the same ``run_dir``, a logger without sinks that accepts
+    every call, no ``run.json``, no lock.
     """
 
     def __init__(
@@ -116,6 +127,8 @@ class TrainingRun:
         *,
         lock: RunLock | None = None,
         info: dict[str, Any] | None = None,
+        writer: bool = True,
+        world: World | None = None,
     ) -> None:
         self.run_context = run_context
         """Where the run writes."""
@@ -129,11 +142,18 @@ class TrainingRun:
         self.summary: dict[str, Any] | None = None
         """What the run achieved (steps, wall time, episodes, returns...), written to
         ``run.json`` as ``"summary"`` when the run closes; set by the trainers."""
+        self.writer = writer
+        """Whether this process writes the run (rank 0 under torchrun)."""
+        self.world = world if world is not None else World()
+        """The processes of the run."""
         self._lock = lock
+        self._info: dict[str, Any] = {}
+        if not writer:
+            return
         if lock is not None:
             lock.mark()
-        self._info: dict[str, Any] = normalize_config(
-            info or _run_info(run_context, logger.sink_names)
+        self._info = normalize_config(
+            info or _run_info(run_context, logger.sink_names, self.world.size)
         )
         write_json_atomic(run_context.run_info_path, self._info)
 
@@ -157,6 +177,9 @@ class TrainingRun:
         if self.status != "running":
             return
         self.status = status
+        if not self.writer:
+            self.logger.close(status)
+            return
         with shielded():
             try:
                 self.logger.close(status)
@@ -207,8 +230,35 @@ def create_training_run(
         SinkCreationError: a sink's factory raised (the message names the sink).
         OSError: the run directory cannot be made (nothing is left behind).
     """
-    infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
-    plan = resolve_plan(config)
+    world = current_world()
+    require_group(world, "create_training_run")
+    try:
+        infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
+        plan = resolve_plan(config, world)
+    except Exception as error:
+        if not world.distributed:
+            raise
+        agree(world, error)  # every rank fails with it (one error line, from rank 0)
+    if world.distributed:
+        agree(world, None)
+        if not world.is_writer:
+            run_dir = share_outcome(world, None)
+            context = RunContext(config=config, run_dir=Path(run_dir))
+            return TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
+    try:
+        run = _create_training_run(config, run_suffix, infos, plan, strict)
+    except BaseException as error:
+        if world.distributed:
+            share_outcome(world, error)
+        raise
+    if world.distributed:
+        share_outcome(world, None, str(run.run_dir))
+    return run
+
+
+def _create_training_run(
+    config: TrainConfig, run_suffix: str | None, infos: list[SinkInfo], plan: Plan, strict: bool
+) -> TrainingRun:
     output_dir = Path(config.output_dir)
     made_output_dir = not output_dir.exists()
     context = create_run_context(config, run_suffix)
@@ -275,8 +325,40 @@ def create_run(
             "(accepted: letters, digits and _ . + = -)"
         )
     plain = normalize_config({} if config is None else config)
-    infos = discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
-    output = Path(output_dir)
+    world = current_world()
+    require_group(world, "create_run")
+    try:
+        infos = discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
+    except Exception as error:
+        if not world.distributed:
+            raise
+        agree(world, error)
+    if world.distributed:
+        agree(world, None)
+        if not world.is_writer:
+            run_dir = Path(share_outcome(world, None))
+            context = RunContext(config=plain, run_dir=run_dir)
+            return TrainingRun(context, CompositeLogger({}), writer=False, world=world)
+    try:
+        run = _create_run(name, plain, Path(output_dir), run_suffix, infos, strict, world)
+    except BaseException as error:
+        if world.distributed:
+            share_outcome(world, error)
+        raise
+    if world.distributed:
+        share_outcome(world, None, str(run.run_dir))
+    return run
+
+
+def _create_run(
+    name: str,
+    plain: dict[str, Any],
+    output: Path,
+    run_suffix: str | None,
+    infos: list[SinkInfo],
+    strict: bool,
+    world: World,
+) -> TrainingRun:
     made_output_dir = not output.exists()
     run_dir = _make_run_dir(output, name, run_suffix)
     context = RunContext(config=plain, run_dir=run_dir)
@@ -284,7 +366,7 @@ def create_run(
     try:
         context.tensorboard_dir.mkdir()
         lock.acquire()
-        return _open(context, infos, None, strict, lock, None, plain)
+        return _open(context, infos, None, strict, lock, None, plain, world)
     except BaseException:
         lock.release()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -334,7 +416,7 @@ def reopen_training_run(
     try:
         info = json.loads(context.run_info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        info = _run_info(context, tuple(config.log_sinks))
+        info = _run_info(context, tuple(config.log_sinks), plan.world.size)
     info.update(status="running", end_time=None)
     info.setdefault("resumes", []).append(
         {"step": resume_step, "time": _utc_now(), "command": list(sys.argv), "pid": os.getpid()}
@@ -350,9 +432,12 @@ def _open(
     lock: RunLock,
     info: dict[str, Any] | None,
     config: Mapping[str, Any] | None = None,
+    world: World | None = None,
 ) -> TrainingRun:
     """Start every sink, write ``run.json``, log the config (``config``, else the run's
-    ``TrainConfig``); close the sinks on failure."""
+    ``TrainConfig`` with the world size); close the sinks on failure."""
+    if plan is not None:
+        world = plan.world
     sinks: dict[str, Sink] = {}
     try:
         for sink_info in infos:
@@ -364,10 +449,10 @@ def _open(
                     f"{type(error).__name__}: {error}"
                 ) from None
         logger = CompositeLogger(sinks, strict=strict)
-        run = TrainingRun(context, logger, plan, lock=lock, info=info)
+        run = TrainingRun(context, logger, plan, lock=lock, info=info, world=world)
         if config is None:
             assert isinstance(context.config, TrainConfig)  # the built-in trainers' runs
-            config = context.config.to_dict()
+            config = {**context.config.to_dict(), "world_size": run.world.size}
         logger.log_config(config)
     except BaseException:
         for sink in sinks.values():
@@ -407,7 +492,9 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _run_info(context: RunContext, sink_names: tuple[str, ...]) -> dict[str, Any]:
+def _run_info(
+    context: RunContext, sink_names: tuple[str, ...], world_size: int = 1
+) -> dict[str, Any]:
     try:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001  # no user name in some containers
@@ -428,6 +515,7 @@ def _run_info(context: RunContext, sink_names: tuple[str, ...]) -> dict[str, Any
             else {}
         ),
         "log_sinks": list(sink_names),
+        "world_size": world_size,
         "versions": {
             "python": platform.python_version(),
             "torch": _version("torch"),

@@ -20,7 +20,19 @@ import torch
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
-from rl_training.experiment.logging import RowObserver
+from rl_training.experiment.logging import CompositeLogger, RowObserver
+from rl_training.registry import get_spec
+from rl_training.runtime.context import RunContext
+from rl_training.runtime.device import resolve_device
+from rl_training.runtime.distributed import (
+    World,
+    check_supported,
+    current_world,
+    launch_world,
+    process_group,
+    share_outcome,
+)
+from rl_training.runtime.plan import resolve_plan
 from rl_training.runtime.run_utils import (
     TrainingRun,
     create_training_run,
@@ -75,13 +87,32 @@ def train(
         strict: A sink that raises stops training instead of being dropped.
         progress: Called with every row the trainer logs (after the sinks got it).
 
+    Under torchrun, every process calls it: they join the process group (and
+    leave it at the end), rank 0 writes the one run, and the model trains on all.
+
     Raises:
         ConfigError: a bad config for this machine (a ``ValueError``; nothing is written).
     """
-    with graceful_stop(), create_training_run(config, run_suffix, strict=strict) as run:
-        if progress is not None:
-            run.logger.add_observer(progress)
-        return fit(run)
+    with graceful_stop(), joined(config.algo, config.device):
+        with create_training_run(config, run_suffix, strict=strict) as run:
+            if progress is not None:
+                run.logger.add_observer(progress)
+            return fit(run)
+
+
+@contextlib.contextmanager
+def joined(algo: str, device: str) -> Iterator[World]:
+    """Under torchrun, the block runs in the run's process group (joined, then left).
+
+    An algorithm that cannot train on several processes is refused first.
+
+    Raises:
+        ValueError: that algorithm, or a device that does not exist here.
+    """
+    world = launch_world()
+    check_supported(algo, get_spec(algo).distributed, world)
+    with process_group(world, resolve_device(device, world)):
+        yield world
 
 
 def resume(
@@ -111,8 +142,11 @@ def resume(
             changed on disk.
     """
     run_dir = Path(run_dir)
-    with graceful_stop():
-        run, checkpoint = open_resumed_run(run_dir, total_timesteps, strict=strict)
+    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    with graceful_stop(), joined(checkpoint.config["algo"], checkpoint.config["device"]):
+        run, checkpoint = open_resumed_run(
+            run_dir, total_timesteps, strict=strict, checkpoint=checkpoint
+        )
         with run:
             if progress is not None:
                 run.logger.add_observer(progress)
@@ -120,13 +154,52 @@ def resume(
 
 
 def open_resumed_run(
-    run_dir: Path, total_timesteps: int | None, *, strict: bool = False
+    run_dir: Path,
+    total_timesteps: int | None,
+    *,
+    strict: bool = False,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[TrainingRun, Checkpoint]:
     """Check that ``run_dir`` can be resumed, lock it and open it again in place.
 
     Returns the open run and the checkpoint to continue from (see :func:`resume`).
+    Under torchrun, rank 0 checks and opens the run and the other ranks follow it;
+    the run must be resumed by as many processes as it was trained by.
     """
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    if checkpoint is None:
+        checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    world = current_world()
+    if not world.is_writer:
+        config: TrainConfig = share_outcome(world, None)
+        plan = resolve_plan(config, world)
+        context = RunContext(config=config, run_dir=run_dir, resume_step=checkpoint.step)
+        follower = TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
+        return follower, checkpoint
+    try:
+        run = _open_resumed_run(run_dir, total_timesteps, strict, checkpoint, world)
+    except BaseException as error:
+        if world.distributed:
+            share_outcome(world, error)
+        raise
+    if world.distributed:
+        share_outcome(world, None, run.plan.config if run.plan is not None else None)
+    return run, checkpoint
+
+
+def _open_resumed_run(
+    run_dir: Path,
+    total_timesteps: int | None,
+    strict: bool,
+    checkpoint: Checkpoint,
+    world: World,
+) -> TrainingRun:
+    trained_by = int(checkpoint.extra.get("world_size", 1))
+    if trained_by != world.size:
+        raise ConfigError(
+            f"run {run_dir} was trained by {trained_by} process(es) and this launch has "
+            f"{world.size}; resume it with the same number (torchrun --nproc_per_node, "
+            "--nnodes)"
+        )
     lock = lock_run(run_dir)
     try:
         step, fields = checkpoint.step, dict(checkpoint.config)
@@ -145,7 +218,7 @@ def open_resumed_run(
         else:
             fields["total_timesteps"] = total_timesteps
         config = TrainConfig(**fields, output_dir=run_dir.parent)
-        return reopen_training_run(run_dir, config, step, lock, strict=strict), checkpoint
+        return reopen_training_run(run_dir, config, step, lock, strict=strict)
     except BaseException:
         lock.release()
         raise
@@ -182,7 +255,7 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
         raise ConfigError(
             "fit() needs a run made by create_training_run(config) for a built-in algorithm"
         )
-    config = plan.config
+    config, world = plan.config, plan.world
     spaces = (plan.observation_space, plan.action_space)
     trainer_cls = trainer_class(plan.spec)
     start = time.perf_counter()
@@ -190,9 +263,10 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
         session = Session.open(plan, run.logger)
         first_step = session.steps
         evaluator: PeriodicEvaluator | None = None
+        replicas: dict[str, Any] = {}
         try:
             trainer = trainer_cls(session)
-            if config.eval_every:
+            if config.eval_every and world.is_writer:
                 best = run.run_context.run_dir / "best_model.pt"
                 evaluator = PeriodicEvaluator(plan, trainer_cls, trainer, run.logger, best)
             if checkpoint is not None:
@@ -201,38 +275,57 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                     evaluator.load_state_dict(checkpoint.extra["evaluation"])
                 # Environments are not in a checkpoint: they restart, seeded from the
                 # seed and the step, so resuming one checkpoint twice gives one history.
-                session.stepper.reset(resume_seed(config.seed, session.steps))
+                session.stepper.reset(resume_seed(session.seed, session.steps))
                 first_step = session.steps
+            if session.replicas is not None:  # every rank starts from rank 0's weights
+                session.replicas.broadcast_(_module_tensors(trainer))
             written = {"step": -1}
 
             def save(steps: int) -> None:
-                if written["step"] != steps:
-                    extra = {"evaluation": evaluator.state_dict()} if evaluator else {}
+                if written["step"] != steps and world.is_writer:
+                    extra: dict[str, Any] = {"world_size": world.size}
+                    if evaluator is not None:
+                        extra["evaluation"] = evaluator.state_dict()
                     save_checkpoint(
                         run.run_context.checkpoint_path, config=config, step=steps,
                         state=trainer.state_dict(), spaces=spaces, extra=extra,
                     )  # fmt: skip
                     written["step"] = steps
 
+            def evaluate_now(steps: int) -> None:
+                if evaluator is not None:
+                    evaluator(steps)
+
             start = time.perf_counter()
-            periodic = [(config.eval_every, evaluator)] if evaluator is not None else []
-            finished = run_loop(session, trainer, [*periodic, (config.checkpoint_interval, save)])
+            finished = run_loop(
+                session,
+                trainer,
+                [(config.eval_every, evaluate_now), (config.checkpoint_interval, save)],
+            )
+            if session.replicas is not None:
+                replicas["world_size"] = world.size
+                replicas["max_weight_difference"] = session.replicas.weight_difference(
+                    _module_tensors(trainer)
+                )
             save(session.steps)
             if not finished:
                 signum = requested_stop()
-                raise interrupt_for(signum if signum is not None else signal.SIGINT)
-            save_model(
-                run.run_context.model_path,
-                algo=plan.spec.name,
-                env_id=config.env_id,
-                hyperparams=plan.hp,
-                modules=saved_modules(trainer),
-                observation_space=plan.observation_space,
-                action_space=plan.action_space,
-            )
+                raise interrupt_for(signum if signum is not None else signal.SIGTERM)
+            if world.is_writer:
+                save_model(
+                    run.run_context.model_path,
+                    algo=plan.spec.name,
+                    env_id=config.env_id,
+                    hyperparams=plan.hp,
+                    modules=saved_modules(trainer),
+                    observation_space=plan.observation_space,
+                    action_space=plan.action_space,
+                )
             wall_time = time.perf_counter() - start
         finally:
             run.summary = _summary(session, first_step, time.perf_counter() - start, evaluator)
+            if replicas:
+                run.summary["replicas"] = replicas
             if evaluator is not None:
                 evaluator.close()
             session.close()
@@ -243,6 +336,11 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
         mean_return=session.episodes.mean_return,
         episodes=session.episodes.count,
     )
+
+
+def _module_tensors(trainer: Any) -> list[torch.Tensor]:
+    """Every tensor of the trainer's saved modules (parameters and buffers)."""
+    return [t for m in saved_modules(trainer).values() for t in m.state_dict().values()]
 
 
 def _summary(

@@ -42,7 +42,12 @@ class A2CTrainer:
         hp = session.hp
         self.agent, self.buffer = actor_critic_and_buffer(session)
         self.optimizer = FlatOptimizer(
-            [self.agent], torch.optim.RMSprop, lr=hp.learning_rate, alpha=0.99, eps=hp.rms_prop_eps
+            [self.agent],
+            replicas=session.replicas,
+            optimizer=torch.optim.RMSprop,
+            lr=hp.learning_rate,
+            alpha=0.99,
+            eps=hp.rms_prop_eps,
         )
         self.n_updates = 0
 

@@ -46,12 +46,18 @@ class EpisodeTracker:
     Each finished episode is one ``log_metrics`` call at the global step it ended:
     ``episode/return``, ``episode/length`` and ``episode/return_mean`` (the mean
     return of the last :data:`RETURN_MEAN_WINDOW` episodes, this one included).
+
+    ``deferred`` (under torchrun): finished episodes wait in :meth:`take_pending`
+    until the ranks exchange them with a training row, and every rank then
+    records all ranks' episodes in step order.
     """
 
-    def __init__(self, num_envs: int, logger: Logger) -> None:
+    def __init__(self, num_envs: int, logger: Logger, *, deferred: bool = False) -> None:
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._logger = logger
+        self._deferred = deferred
+        self._pending: list[tuple[int, float, int]] = []
         #: The last :data:`RETURN_MEAN_WINDOW` returns, oldest first.
         self.recent: collections.deque[float] = collections.deque(maxlen=RETURN_MEAN_WINDOW)
         #: Finished episodes so far.
@@ -63,19 +69,31 @@ class EpisodeTracker:
         self._lengths += 1
         if dones.any():
             for i in np.flatnonzero(dones):
-                episode_return = float(self._returns[i])
-                self.recent.append(episode_return)
-                self.count += 1
-                self._logger.log_metrics(
-                    {
-                        "episode/return": episode_return,
-                        "episode/length": int(self._lengths[i]),
-                        "episode/return_mean": self.return_mean,
-                    },
-                    step,
-                )
+                if self._deferred:
+                    self._pending.append((step, float(self._returns[i]), int(self._lengths[i])))
+                else:
+                    self.record(step, float(self._returns[i]), int(self._lengths[i]))
             self._returns[dones] = 0.0
             self._lengths[dones] = 0
+
+    def record(self, step: int, episode_return: float, length: int) -> None:
+        """Count and log one finished episode."""
+        self.recent.append(episode_return)
+        self.count += 1
+        self._logger.log_metrics(
+            {
+                "episode/return": episode_return,
+                "episode/length": length,
+                "episode/return_mean": self.return_mean,
+            },
+            step,
+        )
+
+    def take_pending(self) -> np.ndarray:
+        """The deferred episodes as ``(n, 3)`` rows of ``(step, return, length)``; forgets them."""
+        pending = np.array(self._pending, dtype=np.float64).reshape(-1, 3)
+        self._pending.clear()
+        return pending
 
     @property
     def mean_return(self) -> float:
@@ -106,6 +124,7 @@ class EpisodeTracker:
         """Forget the episodes under way (their environments were reset)."""
         self._returns[:] = 0.0
         self._lengths[:] = 0
+        self._pending.clear()
 
 
 class EnvStepper:
@@ -123,14 +142,19 @@ class EnvStepper:
         episodes: EpisodeTracker,
         device: torch.device,
         seed: int,
+        *,
+        replicas: int = 1,
     ) -> None:
         self._envs = envs
         self._device = device
         self._space = envs.single_observation_space
         self._episodes = episodes
         self._num_envs: int = envs.num_envs
+        self.step_size: int = envs.num_envs * replicas
+        """Environment steps one call of :meth:`step` adds to :attr:`steps`: every
+        environment of every rank (``replicas`` ranks step in lockstep)."""
         self.steps = 0
-        """Environment steps so far, summed over environments."""
+        """Environment steps so far, summed over environments (and ranks)."""
         self.obs = self.reset(seed)
 
     def reset(self, seed: int) -> torch.Tensor:
@@ -146,7 +170,7 @@ class EnvStepper:
     @property
     def vector_steps(self) -> int:
         """Calls to ``step`` so far (environment steps per environment)."""
-        return self.steps // self._num_envs
+        return self.steps // self.step_size
 
     def step(self, actions: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
         """Step every env; return ``(real next obs, reward, terminated, truncated)``.
@@ -155,7 +179,7 @@ class EnvStepper:
         first where one ended).
         """
         raw, reward, terminated, truncated, infos = self._envs.step(actions)
-        self.steps += len(reward)
+        self.steps += self.step_size
         done = terminated | truncated
         self._episodes.update(reward, done, self.steps)
         if done.any():

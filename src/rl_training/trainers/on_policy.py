@@ -21,13 +21,13 @@ def next_rollout(session: Session[Any]) -> tuple[int, float]:
     """``(length, learning rate)`` of the next rollout.
 
     The length is ``n_steps`` per environment, the last rollout cut short so the run
-    stops within ``num_envs - 1`` steps of ``total_timesteps``. The learning rate is
+    stops within ``num_envs - 1`` steps (per rank) of ``total_timesteps``. The learning rate is
     annealed linearly from ``learning_rate`` to 0 over the run when ``anneal_lr``
     (CleanRL).
     """
     hp: _OnPolicy = session.hp
     total = session.total_timesteps
-    per_env_left = -(-total // hp.num_envs) - session.stepper.vector_steps  # ceil
+    per_env_left = -(-total // session.stepper.step_size) - session.stepper.vector_steps  # ceil
     length = min(hp.n_steps, per_env_left)
     if hp.anneal_lr:
         return length, hp.learning_rate * (1.0 - session.steps / total)

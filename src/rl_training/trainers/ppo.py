@@ -44,7 +44,11 @@ class PPOTrainer:
         hp = session.hp
         self.agent, self.buffer = actor_critic_and_buffer(session)
         self.optimizer = FlatOptimizer(
-            [self.agent], torch.optim.Adam, lr=hp.learning_rate, eps=1e-5
+            [self.agent],
+            replicas=session.replicas,
+            optimizer=torch.optim.Adam,
+            lr=hp.learning_rate,
+            eps=1e-5,
         )
         self.n_updates = 0
 

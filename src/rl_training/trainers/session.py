@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import gymnasium as gym
@@ -26,8 +26,9 @@ from rl_training.config import TrainConfig
 from rl_training.experiment.logging import Logger
 from rl_training.hyperparams import Hyperparams
 from rl_training.registry import AlgorithmSpec
+from rl_training.runtime.distributed import Replicas, World, rank_seed
 from rl_training.runtime.plan import Plan
-from rl_training.runtime.seeding import seed_everything
+from rl_training.runtime.seeding import resume_seed, seed_everything
 from rl_training.runtime.signals import requested_stop
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import EnvStepper, EpisodeTracker, make_vec_env
@@ -72,8 +73,15 @@ class PeriodicLog:
 
     def __call__(self, steps: int, values: Mapping[str, Any]) -> None:
         """Log ``values`` and ``time/sps`` if ``steps`` reached the next row or the end."""
-        if steps < self._next and steps < self._total:
-            return
+        if self.due(steps):
+            self.write(steps, values)
+
+    def due(self, steps: int) -> bool:
+        """Whether a row is due at ``steps``."""
+        return steps >= self._next or steps >= self._total
+
+    def write(self, steps: int, values: Mapping[str, Any]) -> None:
+        """Log the row now; the next is due one interval on."""
         while self._next <= steps:
             self._next += self._interval
         self._logger.log_metrics({**values, "time/sps": self._timer.sps(steps)}, steps)
@@ -114,14 +122,25 @@ class Session(Generic[H]):
     """For ``time/sps``."""
     log: PeriodicLog
     """Logs a training row every ``hp.log_interval`` environment steps."""
+    replicas: Replicas | None = None
+    """Under torchrun: the collectives with the other ranks (``None`` in one process)."""
+    _exchanged_at: int = field(default=0, init=False, repr=False)
+    """Vector steps at the last exchange: bounds the episodes a rank can hold since."""
 
     @staticmethod
     def open(plan: Plan, logger: Logger) -> Session[Any]:
-        """Seed everything, make and reset the environments."""
-        config, hp = plan.config, plan.hp
-        generator = seed_everything(config.seed, plan.device)
-        envs = make_vec_env(config.env_id, hp.num_envs, config.seed)
-        episodes = EpisodeTracker(hp.num_envs, logger)
+        """Seed everything, make and reset the environments.
+
+        Under torchrun each rank seeds its environments and generator apart
+        (:func:`~rl_training.runtime.distributed.rank_seed`; rank 0 as one process
+        would), steps count every rank's environments, and finished episodes wait
+        for the next row to be exchanged.
+        """
+        config, hp, world = plan.config, plan.hp, plan.world
+        seed = rank_seed(config.seed, world.rank)
+        generator = seed_everything(seed, plan.device)
+        envs = make_vec_env(config.env_id, hp.num_envs, seed)
+        episodes = EpisodeTracker(hp.num_envs, logger, deferred=world.distributed)
         timer = SpsTimer()
         return Session[Any](
             plan=plan,
@@ -130,10 +149,58 @@ class Session(Generic[H]):
             envs=envs,
             generator=generator,
             episodes=episodes,
-            stepper=EnvStepper(envs, episodes, plan.device, config.seed),
+            stepper=EnvStepper(envs, episodes, plan.device, seed, replicas=world.size),
             timer=timer,
             log=PeriodicLog(logger, timer, hp.log_interval, config.total_timesteps),
+            replicas=Replicas(world, plan.device) if world.distributed else None,
         )
+
+    @property
+    def world(self) -> World:
+        """The processes training this run."""
+        return self.plan.world
+
+    @property
+    def seed(self) -> int:
+        """This rank's seed (the config's in one process)."""
+        return rank_seed(self.plan.config.seed, self.plan.world.rank)
+
+    def stop_requested(self) -> bool:
+        """Whether to stop now (SIGINT/SIGTERM); under torchrun, whether any rank asked,
+        which every rank learns at the same point."""
+        if self.replicas is not None:
+            return self.replicas.stop_agreed()
+        return requested_stop() is not None
+
+    def report(self, steps: int, values: Mapping[str, Any], *, flush: bool = False) -> None:
+        """After an iteration: log the training row ``values`` if one is due.
+
+        Under torchrun, a due row (or ``flush``: a checkpoint, an evaluation or the
+        end is next) is one exchange between the ranks: the row averaged over them
+        and every episode they finished since the last exchange, logged in step order.
+        """
+        if self.replicas is None:
+            self.log(steps, values)
+            return
+        row_due = self.log.due(steps)
+        if row_due or flush:
+            self._exchange(steps, values if row_due else None)
+
+    def flush(self) -> None:
+        """Log the episodes the ranks finished since the last row (under torchrun)."""
+        if self.replicas is not None:
+            self._exchange(self.steps, None)
+
+    def _exchange(self, steps: int, values: Mapping[str, Any] | None) -> None:
+        assert self.replicas is not None
+        vector_steps = self.stepper.vector_steps
+        capacity = (vector_steps - self._exchanged_at) * self.hp.num_envs
+        self._exchanged_at = vector_steps
+        row, episodes = self.replicas.gather_row(values, self.episodes.take_pending(), capacity)
+        for step, episode_return, length in episodes.tolist():
+            self.episodes.record(int(step), episode_return, int(length))
+        if row is not None:
+            self.log.write(steps, row)
 
     @property
     def config(self) -> TrainConfig:
@@ -165,11 +232,18 @@ class Session(Generic[H]):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` (the environments keep their own state)."""
+        """Restore :meth:`state_dict` (the environments keep their own state).
+
+        A checkpoint holds rank 0's generator; under torchrun the other ranks
+        draw theirs from their seed and the step.
+        """
         self.stepper.steps = int(state["steps"])
         self.episodes.load_state_dict(state["episodes"])
         self.generator.set_state(state["generator"])
+        if self.world.rank != 0:
+            self.generator.manual_seed(resume_seed(self.seed, self.stepper.steps))
         self.log.load_state_dict(state["log"])
+        self._exchanged_at = self.stepper.vector_steps
 
     def close(self) -> None:
         """Close the environments."""
@@ -252,17 +326,18 @@ def run_loop(
         ``True`` if the budget was spent, ``False`` if a stop was requested first.
     """
     total = session.total_timesteps
-    due = [(every, call) for every, call in periodic if every > 0]
+    periodic = [(every, call) for every, call in periodic if every > 0]
     while session.steps < total:
-        if requested_stop() is not None:
+        if session.stop_requested():
+            session.flush()
             return False
         before = session.steps
         values = trainer.iteration()
         steps = session.steps
-        session.log(steps, values)
-        for every, call in due:
-            if steps // every > before // every:
-                call(steps)
+        calls = [call for every, call in periodic if steps // every > before // every]
+        session.report(steps, values, flush=bool(calls))
+        for call in calls:
+            call(steps)
     return True
 
 
