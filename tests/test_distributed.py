@@ -283,3 +283,45 @@ def test_one_process_runs_record_world_size_one(tmp_path):
                                hyperparams=hp))  # fmt: skip
     assert json.loads((result.run_dir / "run.json").read_text())["world_size"] == 1
     assert json.loads((result.run_dir / "config.json").read_text())["world_size"] == 1
+
+
+def test_ctrl_c_in_the_terminal_stops_every_rank_gracefully(tmp_path):
+    """A terminal's Ctrl-C reaches the launcher's process group (torchrun starts each
+    rank in a session of its own and passes the signal on once): every rank checkpoints."""
+    proc = launch("-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
+                  "--total-timesteps", "5000000", "--device", "cpu", "--output-dir", "runs",
+                  "--quiet", *TINY["ppo"], cwd=tmp_path)  # fmt: skip
+    run_dir = _wait_for_row(tmp_path / "runs", proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
+    finish(proc, timeout=60)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    # The periodic checkpoint is 500,000 steps away: this one is the stop's.
+    assert load_checkpoint(run_dir / "checkpoint.pt").step == info["summary"]["steps"] > 0
+
+
+def test_train_in_processes_torchrun_started(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(
+        """
+        import json, sys
+        from rl_training import TrainConfig, train
+
+        config = TrainConfig(algo="a2c", env_id="CartPole-v1", seed=1, total_timesteps=640,
+                             output_dir=sys.argv[1], device="cpu", log_sinks=["json"],
+                             hyperparams={"num_envs": 2, "n_steps": 8})
+        result = train(config)
+        import os
+        with open(f"{sys.argv[1]}.rank{os.environ['RANK']}.json", "w") as file:
+            json.dump([str(result.run_dir), result.steps, result.episodes], file)
+        """
+    ))  # fmt: skip
+    code, out, err = finish(launch(str(script), str(tmp_path / "runs"), cwd=tmp_path), 90)
+    assert code == 0, err[-3000:]
+    run_dir = only_run(tmp_path)
+    said = [json.loads((tmp_path / f"runs.rank{r}.json").read_text()) for r in (0, 1)]
+    assert said[0] == said[1]  # every rank knows the run, its global steps and episodes
+    assert said[0][:2] == [str(run_dir), 640]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["summary"]["episodes"] == said[0][2]
+    assert not (run_dir / "tensorboard").exists()  # json only: no empty directory
