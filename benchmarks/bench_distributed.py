@@ -1,0 +1,161 @@
+"""Distributed training under torchrun on this machine: scaling, learning, row cost.
+
+    python benchmarks/bench_distributed.py [scaling] [learning] [rows] [--repeats 3]
+
+- scaling: PPO CartPole, 8 envs per rank, default hyperparameters: steps/s (the
+  run's own ``summary.sps``) of 2 ranks vs 1 rank with the same work per rank
+  (budget x2), runs alternating, median of ``--repeats``.
+- learning: PPO CartPole with 2 ranks and the 1-rank budget (50,000 steps in all),
+  seeds 0 1 2, 20 deterministic evaluation episodes (bench_learning's protocol).
+- rows: the cost of one logged row (a 10-value training row and 40 finished
+  episodes into json + tensorboard): 1 rank logs them; 2 ranks exchange them in
+  one all-gather and rank 0 logs them. Median over 200 rows.
+
+Each run is a real ``python -m rl_training`` (1 rank) or
+``python -m torch.distributed.run --standalone --nproc_per_node=2 -m rl_training``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+
+
+def _run(ranks: int, args: list[str], out: Path) -> Path:
+    """One training run; returns its run directory."""
+    launcher = [*TORCHRUN, f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "rl_training", *args, "--output-dir", str(out), "--quiet",
+           "--device", "cpu", "--log-sinks", "json,tensorboard"]  # fmt: skip
+    before = set(out.iterdir()) if out.exists() else set()
+    subprocess.run(cmd, check=True, env=_clean_env(), capture_output=True, timeout=1800)
+    (run_dir,) = set(out.iterdir()) - before
+    return run_dir
+
+
+def scaling(repeats: int, per_rank: int) -> None:
+    print(f"scaling: PPO CartPole-v1, 8 envs per rank, {per_rank:,} steps per rank")
+    sps: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(repeats):
+            for ranks in (1, 2):
+                run_dir = _run(ranks, ["--algo", "ppo", "--env-id", "CartPole-v1",
+                                       "--total-timesteps", str(per_rank * ranks),
+                                       "--hp", "num_envs=8"], Path(root))  # fmt: skip
+                summary = json.loads((run_dir / "run.json").read_text())["summary"]
+                sps[ranks].append(summary["sps"])
+                print(f"  repeat {repeat}: {ranks} rank(s) {summary['sps']:,.0f} steps/s")
+    one, two = statistics.median(sps[1]), statistics.median(sps[2])
+    print(f"  median: 1 rank {one:,.0f} steps/s, 2 ranks {two:,.0f} steps/s: "
+          f"{two / one:.2f}x (target >= 1.6x)")  # fmt: skip
+
+
+def learning(seeds: list[int], budget: int) -> None:
+    from rl_training import evaluate
+
+    print(f"learning: PPO CartPole-v1, 2 ranks, {budget:,} steps in all (the 1-rank budget)")
+    results = []
+    with tempfile.TemporaryDirectory() as root:
+        for seed in seeds:
+            run_dir = _run(2, ["--algo", "ppo", "--env-id", "CartPole-v1", "--seed", str(seed),
+                               "--total-timesteps", str(budget)], Path(root))  # fmt: skip
+            result = evaluate(run_dir, n_episodes=20, deterministic=True, seed=1000)
+            results.append(result.mean_return)
+            print(f"  seed {seed}: {result.mean_return:.1f}")
+    print(f"  median {statistics.median(results):.1f}, worst {min(results):.1f} "
+          "(target >= 475 on every seed)")  # fmt: skip
+
+
+ROWS_SCRIPT = textwrap.dedent(
+    """
+    import json, os, statistics, sys, time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    from rl_training import TrainConfig, create_training_run
+    from rl_training.runtime.distributed import Replicas, launch_world
+    from rl_training.trainers.envs import EpisodeTracker
+
+    world = launch_world()
+    if world.distributed:
+        dist.init_process_group("gloo")
+    config = TrainConfig(algo="ppo", env_id="CartPole-v1", seed=0, total_timesteps=10**9,
+                         output_dir=sys.argv[1], device="cpu",
+                         log_sinks=["json", "tensorboard"])
+    rows, per_row = 200, 40
+    times = []
+    with create_training_run(config) as run:
+        tracker = EpisodeTracker(1, run.logger)
+        replicas = Replicas(world, torch.device("cpu")) if world.distributed else None
+        values = {f"loss/{i}": torch.tensor(0.1 * i + world.rank) for i in range(10)}
+        for row in range(rows):
+            step = (row + 1) * 4096
+            episodes = np.array([[step - 4096 + 100 * (i + 1), 20.0 + i, 20] for i in
+                                 range(per_row // world.size)], dtype=np.float64)
+            start = time.perf_counter()
+            if replicas is not None:
+                merged, everyone = replicas.gather_row(values, episodes, 4096)
+            else:
+                merged, everyone = dict(values), episodes
+            for s, r, n in everyone.tolist():
+                tracker.record(int(s), r, int(n))
+            run.logger.log_metrics(merged, step)
+            times.append(time.perf_counter() - start)
+    if world.is_writer:
+        print(json.dumps(statistics.median(times)))
+    if world.distributed:
+        dist.destroy_process_group()
+    """
+)
+
+
+def rows() -> None:
+    print("rows: one training row (10 values) + 40 episodes into json + tensorboard")
+    with tempfile.TemporaryDirectory() as root:
+        script = Path(root) / "rows.py"
+        script.write_text(ROWS_SCRIPT)
+        cost = {}
+        for ranks in (1, 2):
+            launcher = [*TORCHRUN, f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
+            done = subprocess.run([*launcher, str(script), str(Path(root) / f"r{ranks}")],
+                                  check=True, env=_clean_env(), capture_output=True, text=True,
+                                  timeout=600)  # fmt: skip
+            cost[ranks] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  {ranks} rank(s): {cost[ranks] * 1e6:,.0f} us a row (median of 200)")
+    print(f"  2 ranks / 1 rank: {cost[2] / cost[1]:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("parts", nargs="*", default=["scaling", "learning", "rows"],
+                        choices=["scaling", "learning", "rows"])  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--per-rank", type=int, default=65_536)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=int, default=50_000)
+    args = parser.parse_args()
+    if "scaling" in args.parts:
+        scaling(args.repeats, args.per_rank)
+    if "learning" in args.parts:
+        learning(args.seeds, args.budget)
+    if "rows" in args.parts:
+        rows()
+
+
+if __name__ == "__main__":
+    main()
