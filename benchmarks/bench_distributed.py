@@ -7,6 +7,9 @@
   (budget x2), runs alternating, median of ``--repeats``.
 - learning: PPO CartPole with 2 ranks and the 1-rank budget (50,000 steps in all),
   seeds 0 1 2, 20 deterministic evaluation episodes (bench_learning's protocol).
+- collective: what one gradient all-reduce of PPO's CartPole network costs here
+  (gloo, 2 ranks), and the all-gather of a row, median over 500 calls: the time
+  2 ranks add per optimiser step and per row, whatever the training does.
 - rows: the cost of one logged row (a 10-value training row and 40 finished
   episodes into json + tensorboard): 1 rank logs them; 2 ranks exchange them in
   one all-gather and rank 0 logs them. Median over 200 rows.
@@ -45,15 +48,17 @@ def _run(ranks: int, args: list[str], out: Path) -> Path:
     return run_dir
 
 
-def scaling(repeats: int, per_rank: int) -> None:
-    print(f"scaling: PPO CartPole-v1, 8 envs per rank, {per_rank:,} steps per rank")
+def scaling(repeats: int, per_rank: int, hp: list[str]) -> None:
+    extra = [arg for pair in hp for arg in ("--hp", pair)]
+    print(f"scaling: PPO CartPole-v1, 8 envs per rank, {per_rank:,} steps per rank "
+          f"{' '.join(hp)}")  # fmt: skip
     sps: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(repeats):
             for ranks in (1, 2):
                 run_dir = _run(ranks, ["--algo", "ppo", "--env-id", "CartPole-v1",
                                        "--total-timesteps", str(per_rank * ranks),
-                                       "--hp", "num_envs=8"], Path(root))  # fmt: skip
+                                       "--hp", "num_envs=8", *extra], Path(root))  # fmt: skip
                 summary = json.loads((run_dir / "run.json").read_text())["summary"]
                 sps[ranks].append(summary["sps"])
                 print(f"  repeat {repeat}: {ranks} rank(s) {summary['sps']:,.0f} steps/s")
@@ -62,15 +67,18 @@ def scaling(repeats: int, per_rank: int) -> None:
           f"{two / one:.2f}x (target >= 1.6x)")  # fmt: skip
 
 
-def learning(seeds: list[int], budget: int) -> None:
+def learning(seeds: list[int], budget: int, hp: list[str]) -> None:
     from rl_training import evaluate
 
-    print(f"learning: PPO CartPole-v1, 2 ranks, {budget:,} steps in all (the 1-rank budget)")
+    extra = [arg for pair in hp for arg in ("--hp", pair)]
+    print(f"learning: PPO CartPole-v1, 2 ranks, {budget:,} steps in all (the 1-rank budget) "
+          f"{' '.join(hp)}")  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory() as root:
         for seed in seeds:
             run_dir = _run(2, ["--algo", "ppo", "--env-id", "CartPole-v1", "--seed", str(seed),
-                               "--total-timesteps", str(budget)], Path(root))  # fmt: skip
+                               "--total-timesteps", str(budget), *extra],
+                           Path(root))  # fmt: skip
             result = evaluate(run_dir, n_episodes=20, deterministic=True, seed=1000)
             results.append(result.mean_return)
             print(f"  seed {seed}: {result.mean_return:.1f}")
@@ -124,6 +132,58 @@ ROWS_SCRIPT = textwrap.dedent(
 )
 
 
+COLLECTIVE_SCRIPT = textwrap.dedent(
+    """
+    import statistics, time
+    import gymnasium as gym
+    import torch
+    import torch.distributed as dist
+    from rl_training.trainers.networks import ActorCritic
+
+    dist.init_process_group("gloo")
+    env = gym.make("CartPole-v1")
+    agent = ActorCritic(env.observation_space, env.action_space, [64, 64])
+    n = sum(p.numel() for p in agent.parameters()) + 1  # the flat gradient + the stop flag
+    grad = torch.zeros(n)
+    row = torch.zeros(20 + 3 * 16384)  # a row and room for 16,384 episodes (PPO's default)
+    parts = [torch.empty_like(row) for _ in range(2)]
+
+    def median_us(call, calls=500):
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    dist.barrier()
+    reduce_us = median_us(lambda: dist.all_reduce(grad))
+    gather_us = median_us(lambda: dist.all_gather(parts, row), 100)
+    if dist.get_rank() == 0:
+        print(f"{n} {reduce_us} {gather_us}")
+    dist.destroy_process_group()
+    """
+)
+
+
+def collective() -> None:
+    with tempfile.TemporaryDirectory() as root:
+        script = Path(root) / "collective.py"
+        script.write_text(COLLECTIVE_SCRIPT)
+        done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(script)], check=True,
+                              env=_clean_env(), capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+    n, reduce_us, gather_us = done.stdout.split()
+    steps = 16384 // 64 * 10  # PPO defaults, 8 envs: minibatches of 64, 10 epochs
+    print(f"collective: all-reduce of the {int(n):,}-element PPO gradient: "
+          f"{float(reduce_us):,.0f} us (median of 500); a row's all-gather (16,384 episodes "
+          f"of room): {float(gather_us):,.0f} us")  # fmt: skip
+    print(
+        f"  PPO defaults with 8 envs take {steps:,} optimiser steps per 16,384-step rollout "
+        f"per rank: {steps * float(reduce_us) / 1e6:.2f} s of all-reduce per rollout"
+    )
+
+
 def rows() -> None:
     print("rows: one training row (10 values) + 40 episodes into json + tensorboard")
     with tempfile.TemporaryDirectory() as root:
@@ -142,17 +202,23 @@ def rows() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("parts", nargs="*", default=["scaling", "learning", "rows"],
-                        choices=["scaling", "learning", "rows"])  # fmt: skip
+    parts = ["scaling", "learning", "collective", "rows"]
+    parser.add_argument("parts", nargs="*", default=parts, choices=parts)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--per-rank", type=int, default=65_536)
+    parser.add_argument("--scaling-hp", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra PPO hyperparameters for the scaling runs")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--learning-hp", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="PPO hyperparameters for the learning runs")  # fmt: skip
     parser.add_argument("--budget", type=int, default=50_000)
     args = parser.parse_args()
     if "scaling" in args.parts:
-        scaling(args.repeats, args.per_rank)
+        scaling(args.repeats, args.per_rank, args.scaling_hp)
     if "learning" in args.parts:
-        learning(args.seeds, args.budget)
+        learning(args.seeds, args.budget, args.learning_hp)
+    if "collective" in args.parts:
+        collective()
     if "rows" in args.parts:
         rows()
 
