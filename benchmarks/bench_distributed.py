@@ -43,7 +43,9 @@ def _run(ranks: int, args: list[str], out: Path) -> Path:
     cmd = [*launcher, "-m", "rl_training", *args, "--output-dir", str(out), "--quiet",
            "--device", "cpu", "--log-sinks", "json,tensorboard"]  # fmt: skip
     before = set(out.iterdir()) if out.exists() else set()
-    subprocess.run(cmd, check=True, env=_clean_env(), capture_output=True, timeout=1800)
+    done = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\nexit {done.returncode}:\n{done.stderr[-4000:]}")
     (run_dir,) = set(out.iterdir()) - before
     return run_dir
 

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="rl-train",
         description="Train a PyTorch RL agent on a gymnasium env, logging to pluggable sinks.",
-        epilog="Hyperparameters per algorithm: rl-train --algo ALGO --list-hyperparams",
+        epilog="Hyperparameters per algorithm: rl-train --algo ALGO --list-hyperparams. "
+        "Results over seeds: rl-train report RUN_DIR... (see rl-train report --help).",
     )
     parser.add_argument("--algo", choices=ALGOS, help="algorithm")
     parser.add_argument("--env-id", help="gymnasium environment id, e.g. CartPole-v1")
@@ -132,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Paths that are not UTF-8 (decoded with surrogates) print as their own bytes.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -163,6 +167,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Say:
     quiet = False
     """Whether this process is a torchrun rank other than 0 (it prints nothing)."""
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    """The ``rl-train report`` argument parser."""
+    parser = _Parser(
+        prog="rl-train report",
+        description="Per-seed final and best returns, the IQM with a 95%% bootstrap CI, and "
+        "a PNG of the learning curves, for runs grouped by algorithm and env id (read from "
+        "metrics.jsonl; needs the report extra: pip install 'rl-training[report]').",
+    )
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                        help="run directories, or directories of runs (e.g. runs)")  # fmt: skip
+    parser.add_argument("--out", default="report",
+                        help="where learning_curves.png and report.json go")  # fmt: skip
+    parser.add_argument("--window", type=int, default=100,
+                        help="episodes a return is averaged over (default: 100)")  # fmt: skip
+    return parser
+
+
+def report_main(argv: Sequence[str]) -> int:
+    """``rl-train report RUN_DIR... [--out DIR] [--window N]``; returns the exit status."""
+    from rl_training.report import MissingExtraError, report
+
+    args = build_report_parser().parse_args(argv)
+    try:
+        report(args.runs, args.out, window=args.window, stream=sys.stdout, warn=sys.stderr)
+    except ConfigError as error:
+        return _fail(EXIT_BAD_INPUT, str(error))
+    except MissingExtraError as error:
+        return _fail(EXIT_OS_ERROR, str(error))
+    except OSError as error:
+        return _fail(EXIT_OS_ERROR, describe_os_error(error))
+    return 0
 
 
 def _fail(code: int, message: str) -> int:

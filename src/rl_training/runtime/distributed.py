@@ -156,6 +156,8 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend, timeout=_timeout())
     try:
         yield
+        # Leave together: no rank tears its connections down while another still works.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
