@@ -150,19 +150,19 @@ COLLECTIVE_SCRIPT = textwrap.dedent(
     row = torch.zeros(20 + 3 * 16384)  # a row and room for 16,384 episodes (PPO's default)
     parts = [torch.empty_like(row) for _ in range(2)]
 
-    def median_us(call, calls=500):
+    def timed_us(call, calls=500):
         times = []
         for _ in range(calls):
             start = time.perf_counter()
             call()
             times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1e6
+        return statistics.median(times) * 1e6, statistics.mean(times) * 1e6
 
     dist.barrier()
-    reduce_us = median_us(lambda: dist.all_reduce(grad))
-    gather_us = median_us(lambda: dist.all_gather(parts, row), 100)
+    reduce_us, reduce_mean_us = timed_us(lambda: dist.all_reduce(grad))
+    gather_us, _ = timed_us(lambda: dist.all_gather(parts, row), 100)
     if dist.get_rank() == 0:
-        print(f"{n} {reduce_us} {gather_us}")
+        print(f"{n} {reduce_us} {reduce_mean_us} {gather_us}")
     dist.destroy_process_group()
     """
 )
@@ -175,15 +175,18 @@ def collective() -> None:
         done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(script)], check=True,
                               env=_clean_env(), capture_output=True, text=True,
                               timeout=600)  # fmt: skip
-    n, reduce_us, gather_us = done.stdout.split()
-    steps = 16384 // 64 * 10  # PPO defaults, 8 envs: minibatches of 64, 10 epochs
+    from rl_training.hyperparams import PPOHyperparams
+
+    n, reduce_us, reduce_mean_us, gather_us = done.stdout.split()
+    hp = PPOHyperparams()
+    rollout = hp.n_steps * 8
+    steps = rollout // hp.batch_size * hp.n_epochs
     print(f"collective: all-reduce of the {int(n):,}-element PPO gradient: "
-          f"{float(reduce_us):,.0f} us (median of 500); a row's all-gather (16,384 episodes "
-          f"of room): {float(gather_us):,.0f} us")  # fmt: skip
-    print(
-        f"  PPO defaults with 8 envs take {steps:,} optimiser steps per 16,384-step rollout "
-        f"per rank: {steps * float(reduce_us) / 1e6:.2f} s of all-reduce per rollout"
-    )
+          f"median {float(reduce_us):,.0f} us, mean {float(reduce_mean_us):,.0f} us (500 calls);"
+          f" a row's all-gather (16,384 episodes): {float(gather_us):,.0f} us")  # fmt: skip
+    print(f"  PPO's defaults with 8 envs take {steps} optimiser steps per {rollout:,}-step "
+          f"rollout per rank: {steps * float(reduce_mean_us) / 1e3:.0f} ms of all-reduce "
+          "per rollout (at the mean)")  # fmt: skip
 
 
 def rows() -> None:
