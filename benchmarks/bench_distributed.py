@@ -7,6 +7,8 @@
   (budget x2), runs alternating, median of ``--repeats``.
 - learning: PPO CartPole with 2 ranks and the 1-rank budget (50,000 steps in all),
   seeds 0 1 2, 20 deterministic evaluation episodes (bench_learning's protocol).
+- ceiling: the same 1-rank run alone, then two of them at once as independent
+  processes (no communication at all): the most 2 ranks can gain on this machine.
 - collective: what one gradient all-reduce of PPO's CartPole network costs here
   (gloo, 2 ranks), and the all-gather of a row, median over 500 calls: the time
   2 ranks add per optimiser step and per row, whatever the training does.
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -67,6 +70,28 @@ def scaling(repeats: int, per_rank: int, hp: list[str]) -> None:
     one, two = statistics.median(sps[1]), statistics.median(sps[2])
     print(f"  median: 1 rank {one:,.0f} steps/s, 2 ranks {two:,.0f} steps/s: "
           f"{two / one:.2f}x (target >= 1.6x)")  # fmt: skip
+
+
+def ceiling(repeats: int, per_rank: int, hp: list[str]) -> None:
+    extra = [arg for pair in hp for arg in ("--hp", pair)]
+    args = ["--algo", "ppo", "--env-id", "CartPole-v1", "--total-timesteps", str(per_rank),
+            "--hp", "num_envs=8", *extra]  # fmt: skip
+    print(f"ceiling: PPO CartPole-v1, 8 envs, {per_rank:,} steps {' '.join(hp)}: one run alone "
+          "vs two independent runs at once")  # fmt: skip
+    alone, together = [], []
+    with tempfile.TemporaryDirectory() as root:
+        for repeat in range(repeats):
+            run_dir = _run(1, args, Path(root) / f"alone{repeat}")
+            alone.append(json.loads((run_dir / "run.json").read_text())["summary"]["sps"])
+            with ThreadPoolExecutor(2) as pool:
+                outs = [Path(root) / f"pair{repeat}-{i}" for i in range(2)]
+                dirs = list(pool.map(lambda out: _run(1, args, out), outs))
+            pair = sum(json.loads((d / "run.json").read_text())["summary"]["sps"] for d in dirs)
+            together.append(pair)
+            print(f"  repeat {repeat}: alone {alone[-1]:,.0f} steps/s, two at once "
+                  f"{pair:,.0f} steps/s together")  # fmt: skip
+    one, two = statistics.median(alone), statistics.median(together)
+    print(f"  median: {two / one:.2f}x for two processes with no communication at all")
 
 
 def learning(seeds: list[int], budget: int, hp: list[str]) -> None:
@@ -207,7 +232,7 @@ def rows() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ["scaling", "learning", "collective", "rows"]
+    parts = ["scaling", "ceiling", "learning", "collective", "rows"]
     parser.add_argument("parts", nargs="*", default=parts, choices=parts)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--per-rank", type=int, default=65_536)
@@ -220,6 +245,8 @@ def main() -> None:
     args = parser.parse_args()
     if "scaling" in args.parts:
         scaling(args.repeats, args.per_rank, args.scaling_hp)
+    if "ceiling" in args.parts:
+        ceiling(args.repeats, args.per_rank, args.scaling_hp)
     if "learning" in args.parts:
         learning(args.seeds, args.budget, args.learning_hp)
     if "collective" in args.parts:

@@ -152,12 +152,18 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # torch._dynamo, imported lazily by the first optimizer, keeps references to a
+    # process group that exists when it is imported; then destroy_process_group()
+    # cannot free the group, its gloo threads outlive the interpreter, and about
+    # one launch in twenty aborted at exit ("terminate called without an active
+    # exception"). Imported before joining, it holds none.
+    import torch._dynamo  # noqa: F401
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=_timeout())
     try:
         yield
-        # Leave together: no rank tears its connections down while another still works.
-        dist.barrier()
+        dist.barrier()  # leave together: nobody closes connections another still uses
     finally:
         dist.destroy_process_group()
 
@@ -274,9 +280,17 @@ class Replicas:
     # -- start ---------------------------------------------------------------------------
 
     def broadcast_(self, tensors: Sequence[torch.Tensor]) -> None:
-        """Overwrite ``tensors`` in place with rank 0's (one collective per tensor)."""
-        for tensor in tensors:
-            self._dist.broadcast(tensor.data, src=0)
+        """Overwrite ``tensors`` (floating point) in place with rank 0's, in one broadcast."""
+        import torch
+
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
+            self._dist.broadcast(flat, src=0)
+            offset = 0
+            for tensor in tensors:
+                n = tensor.numel()
+                tensor.copy_(flat[offset : offset + n].view_as(tensor))
+                offset += n
 
     # -- every optimiser step --------------------------------------------------------------
 
