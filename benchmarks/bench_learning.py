@@ -74,19 +74,19 @@ def evaluate(env_id: str, predict: Callable[[np.ndarray], Any]) -> float:
     return float(np.mean(returns))
 
 
-def run_ours(algo: str, seed: int, root: Path) -> float:
+def run_ours(algo: str, seed: int, root: Path, hp: dict[str, Any]) -> float:
     from rl_training import TrainConfig, load_policy, train
 
     env_id, budget, _, _ = CASES[algo]
     config = TrainConfig(algo=algo, env_id=env_id, seed=seed, total_timesteps=budget,
                          output_dir=root / "ours" / algo, device="cpu",
-                         log_sinks=["json"])  # fmt: skip
+                         log_sinks=["json"], hyperparams=hp)  # fmt: skip
     result = train(config)
     policy = load_policy(result.run_dir)
     return evaluate(env_id, lambda obs: policy.predict(obs, deterministic=True))
 
 
-def run_sb3(algo: str, seed: int, root: Path) -> float:
+def run_sb3(algo: str, seed: int, root: Path, hp: dict[str, Any]) -> float:
     import stable_baselines3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
@@ -104,15 +104,15 @@ def run_sb3(algo: str, seed: int, root: Path) -> float:
 
 
 def one_run(
-    lib: str, algo: str, seed: int, root: str, threads: int
-) -> tuple[str, str, int, float, float]:  # noqa: E501
+    lib: str, algo: str, seed: int, root: str, threads: int, hp: dict[str, Any]
+) -> tuple[str, str, int, float, float]:
     import torch
 
     # Two runs side by side on two cores: one thread each, or OpenMP threads fight
     # over the cores and every run crawls. (The results do not depend on it.)
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    score = (run_ours if lib == "ours" else run_sb3)(algo, seed, Path(root))
+    score = (run_ours if lib == "ours" else run_sb3)(algo, seed, Path(root), hp)
     return lib, algo, seed, score, time.perf_counter() - start
 
 
@@ -132,12 +132,20 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--libs", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyperparameter of ours to try instead of the default "
+                        "(one algorithm at a time)")  # fmt: skip
     args = parser.parse_args()
+    from rl_training.cli import parse_hyperparams
+
+    hp = parse_hyperparams(args.algos[0], args.hp) if args.hp else {}
+    if hp and len(args.algos) != 1:
+        parser.error("--hp goes with one algorithm")
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     jobs = [(lib, a, s) for a in args.algos for s in args.seeds for lib in args.libs]
     results: dict[tuple[str, str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, lib, a, s, root, threads) for lib, a, s in jobs]
+        futures = [pool.submit(one_run, lib, a, s, root, threads, hp) for lib, a, s in jobs]
         for future in as_completed(futures):
             lib, algo, seed, score, wall = future.result()
             results[(lib, algo, seed)] = (score, wall)
