@@ -26,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import os
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -246,6 +246,45 @@ def agree(world: World, error: BaseException | None) -> None:
             raise cls(f"rank {rank}: {message}")
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def checked_on_every_rank(world: World, check: Callable[[], T]) -> T:
+    """``check()`` on every rank; if it raises on any, it raises on every rank (the
+    failing rank its own error, the others :class:`OtherRankFailed` naming it)."""
+    try:
+        result = check()
+    except Exception as error:
+        if not world.distributed:
+            raise
+        agree(world, error)
+    if world.distributed:
+        agree(world, None)
+    return result
+
+
+def opened_by_rank_zero(
+    world: World,
+    open_run: Callable[[], R],
+    share: Callable[[R], Any],
+    follow: Callable[[Any], R],
+) -> R:
+    """Rank 0 opens (``open_run()``) and hands ``share(run)`` to the other ranks, which
+    make their own from it (``follow(shared)``); rank 0's error fails every rank."""
+    if not world.distributed:
+        return open_run()
+    if not world.is_writer:
+        return follow(share_outcome(world, None))
+    try:
+        run = open_run()
+    except BaseException as error:
+        share_outcome(world, error)
+        raise
+    share_outcome(world, None, share(run))
+    return run
+
+
 def _describe(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}" if error is not None else ""
 
@@ -459,8 +498,10 @@ __all__ = [
     "World",
     "agree",
     "check_supported",
+    "checked_on_every_rank",
     "current_world",
     "launch_world",
+    "opened_by_rank_zero",
     "process_group",
     "rank_seed",
     "reduce_metrics",

@@ -38,10 +38,10 @@ from rl_training.runtime.context import (
 )
 from rl_training.runtime.distributed import (
     World,
-    agree,
+    checked_on_every_rank,
     current_world,
+    opened_by_rank_zero,
     require_group,
-    share_outcome,
 )
 from rl_training.runtime.plan import Plan, resolve_plan
 from rl_training.runtime.signals import shielded
@@ -232,28 +232,18 @@ def create_training_run(
     """
     world = current_world()
     require_group(world, "create_training_run")
-    try:
-        infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
-        plan = resolve_plan(config, world)
-    except Exception as error:
-        if not world.distributed:
-            raise
-        agree(world, error)  # every rank fails with it (one error line, from rank 0)
-    if world.distributed:
-        agree(world, None)
-        if not world.is_writer:
-            run_dir = share_outcome(world, None)
-            context = RunContext(config=config, run_dir=Path(run_dir))
-            return TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
-    try:
-        run = _create_training_run(config, run_suffix, infos, plan, strict)
-    except BaseException as error:
-        if world.distributed:
-            share_outcome(world, error)
-        raise
-    if world.distributed:
-        share_outcome(world, None, str(run.run_dir))
-    return run
+    infos, plan = checked_on_every_rank(
+        world,
+        lambda: (discover_sinks(plugin_manager).resolve(config.log_sinks),
+                 resolve_plan(config, world)),
+    )  # fmt: skip
+    return opened_by_rank_zero(
+        world,
+        lambda: _create_training_run(config, run_suffix, infos, plan, strict),
+        lambda run: str(run.run_dir),
+        lambda run_dir: TrainingRun(RunContext(config=config, run_dir=Path(run_dir)),
+                                    CompositeLogger({}), plan, writer=False, world=world),
+    )  # fmt: skip
 
 
 def _create_training_run(
@@ -327,27 +317,16 @@ def create_run(
     plain = normalize_config({} if config is None else config)
     world = current_world()
     require_group(world, "create_run")
-    try:
-        infos = discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
-    except Exception as error:
-        if not world.distributed:
-            raise
-        agree(world, error)
-    if world.distributed:
-        agree(world, None)
-        if not world.is_writer:
-            run_dir = Path(share_outcome(world, None))
-            context = RunContext(config=plain, run_dir=run_dir)
-            return TrainingRun(context, CompositeLogger({}), writer=False, world=world)
-    try:
-        run = _create_run(name, plain, Path(output_dir), run_suffix, infos, strict, world)
-    except BaseException as error:
-        if world.distributed:
-            share_outcome(world, error)
-        raise
-    if world.distributed:
-        share_outcome(world, None, str(run.run_dir))
-    return run
+    infos = checked_on_every_rank(
+        world, lambda: discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
+    )
+    return opened_by_rank_zero(
+        world,
+        lambda: _create_run(name, plain, Path(output_dir), run_suffix, infos, strict, world),
+        lambda run: str(run.run_dir),
+        lambda run_dir: TrainingRun(RunContext(config=plain, run_dir=Path(run_dir)),
+                                    CompositeLogger({}), writer=False, world=world),
+    )  # fmt: skip
 
 
 def _create_run(

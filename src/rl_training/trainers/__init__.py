@@ -29,8 +29,8 @@ from rl_training.runtime.distributed import (
     check_supported,
     current_world,
     launch_world,
+    opened_by_rank_zero,
     process_group,
-    share_outcome,
 )
 from rl_training.runtime.plan import resolve_plan
 from rl_training.runtime.run_utils import (
@@ -169,20 +169,19 @@ def open_resumed_run(
     if checkpoint is None:
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     world = current_world()
-    if not world.is_writer:
-        config: TrainConfig = share_outcome(world, None)
+    loaded = checkpoint
+
+    def follow(config: TrainConfig) -> TrainingRun:
+        context = RunContext(config=config, run_dir=run_dir, resume_step=loaded.step)
         plan = resolve_plan(config, world)
-        context = RunContext(config=config, run_dir=run_dir, resume_step=checkpoint.step)
-        follower = TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
-        return follower, checkpoint
-    try:
-        run = _open_resumed_run(run_dir, total_timesteps, strict, checkpoint, world)
-    except BaseException as error:
-        if world.distributed:
-            share_outcome(world, error)
-        raise
-    if world.distributed:
-        share_outcome(world, None, run.plan.config if run.plan is not None else None)
+        return TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
+
+    run = opened_by_rank_zero(
+        world,
+        lambda: _open_resumed_run(run_dir, total_timesteps, strict, loaded, world),
+        lambda run: run.plan.config if run.plan is not None else None,
+        follow,
+    )
     return run, checkpoint
 
 
