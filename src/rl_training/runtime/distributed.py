@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -168,36 +169,27 @@ def process_group(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
-def current_world() -> World:
-    """The world of an initialised process group, else :func:`launch_world`."""
-    try:
-        import torch.distributed as dist
-    except ImportError:  # pragma: no cover - torch without distributed support
-        return launch_world()
-    if dist.is_available() and dist.is_initialized():
-        local = launch_world().local_rank
-        return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local)
-    return launch_world()
-
-
-def require_group(world: World, what: str) -> None:
-    """Raise unless a process group is joined where ``world`` is distributed.
+def current_world(what: str) -> World:
+    """The world of the joined process group (torchrun's, or one the caller made),
+    else one process.
 
     Raises:
-        ValueError: torchrun started this process but nobody joined the group.
+        ValueError: torchrun started this process but nobody joined the group
+            (``what`` names the call that needs it).
     """
-    if not world.distributed:
-        return
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
+    world = launch_world()
+    dist = sys.modules.get("torch.distributed")  # never imports torch for one process
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=world.local_rank)
+    if world.distributed:
         raise ConfigError(
             f"{what} runs under torchrun (rank {world.rank} of {world.size}): call "
             "torch.distributed.init_process_group() first"
         )
+    return world
 
 
-def share_outcome(world: World, outcome: BaseException | None, value: Any = None) -> Any:
+def _share_outcome(world: World, outcome: BaseException | None, value: Any = None) -> Any:
     """Every rank learns whether rank 0 succeeded, and rank 0's ``value``.
 
     Rank 0 passes its result (``value``, picklable) or the exception it got
@@ -207,24 +199,16 @@ def share_outcome(world: World, outcome: BaseException | None, value: Any = None
     """
     import torch.distributed as dist
 
-    payload: list[Any] = [None]
-    if world.is_writer:
-        payload[0] = (
-            ("error", (isinstance(outcome, ValueError), _describe(outcome)))
-            if outcome is not None
-            else ("ok", value)
-        )
+    payload: list[Any] = [(_failure(outcome), value) if world.is_writer else None]
     dist.broadcast_object_list(payload, src=0)
-    kind, shared = payload[0]
+    failure, shared = payload[0]
     if world.is_writer:
         return value
-    if kind == "error":
-        bad_input, message = shared
-        raise (OtherRankConfigError if bad_input else OtherRankFailed)(f"rank 0: {message}")
+    _raise_failure(0, failure)
     return shared
 
 
-def agree(world: World, error: BaseException | None) -> None:
+def _agree(world: World, error: BaseException | None) -> None:
     """Every rank learns whether every rank succeeded; raise if any failed.
 
     A rank that failed re-raises its own error; the others raise
@@ -233,17 +217,12 @@ def agree(world: World, error: BaseException | None) -> None:
     """
     import torch.distributed as dist
 
-    errors: list[Any] = [None] * world.size
-    dist.all_gather_object(
-        errors, None if error is None else (isinstance(error, ValueError), _describe(error))
-    )
+    failures: list[Any] = [None] * world.size
+    dist.all_gather_object(failures, _failure(error))
     if error is not None:
         raise error
-    for rank, failure in enumerate(errors):
-        if failure is not None:
-            bad_input, message = failure
-            cls = OtherRankConfigError if bad_input else OtherRankFailed
-            raise cls(f"rank {rank}: {message}")
+    for rank, failure in enumerate(failures):
+        _raise_failure(rank, failure)
 
 
 T = TypeVar("T")
@@ -258,9 +237,9 @@ def checked_on_every_rank(world: World, check: Callable[[], T]) -> T:
     except Exception as error:
         if not world.distributed:
             raise
-        agree(world, error)
+        _agree(world, error)
     if world.distributed:
-        agree(world, None)
+        _agree(world, None)
     return result
 
 
@@ -275,18 +254,28 @@ def opened_by_rank_zero(
     if not world.distributed:
         return open_run()
     if not world.is_writer:
-        return follow(share_outcome(world, None))
+        return follow(_share_outcome(world, None))
     try:
         run = open_run()
     except BaseException as error:
-        share_outcome(world, error)
+        _share_outcome(world, error)
         raise
-    share_outcome(world, None, share(run))
+    _share_outcome(world, None, share(run))
     return run
 
 
-def _describe(error: BaseException | None) -> str:
-    return f"{type(error).__name__}: {error}" if error is not None else ""
+def _failure(error: BaseException | None) -> tuple[bool, str] | None:
+    """What crosses to the other ranks of an error: (bad input?, its description)."""
+    if error is None:
+        return None
+    return isinstance(error, ValueError), f"{type(error).__name__}: {error}"
+
+
+def _raise_failure(rank: int, failure: tuple[bool, str] | None) -> None:
+    """Raise, on this rank, the failure ``rank`` reported (nothing if it had none)."""
+    if failure is not None:
+        bad_input, message = failure
+        raise (OtherRankConfigError if bad_input else OtherRankFailed)(f"rank {rank}: {message}")
 
 
 class OtherRankFailed(RuntimeError):
@@ -496,7 +485,6 @@ __all__ = [
     "Replicas",
     "TIMEOUT_ENV",
     "World",
-    "agree",
     "check_supported",
     "checked_on_every_rank",
     "current_world",
@@ -505,6 +493,4 @@ __all__ = [
     "process_group",
     "rank_seed",
     "reduce_metrics",
-    "require_group",
-    "share_outcome",
 ]

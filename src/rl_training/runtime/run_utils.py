@@ -41,7 +41,6 @@ from rl_training.runtime.distributed import (
     checked_on_every_rank,
     current_world,
     opened_by_rank_zero,
-    require_group,
 )
 from rl_training.runtime.plan import Plan, resolve_plan
 from rl_training.runtime.signals import shielded
@@ -230,8 +229,7 @@ def create_training_run(
         SinkCreationError: a sink's factory raised (the message names the sink).
         OSError: the run directory cannot be made (nothing is left behind).
     """
-    world = current_world()
-    require_group(world, "create_training_run")
+    world = current_world("create_training_run")
     infos, plan = checked_on_every_rank(
         world,
         lambda: (discover_sinks(plugin_manager).resolve(config.log_sinks),
@@ -315,8 +313,7 @@ def create_run(
             "(accepted: letters, digits and _ . + = -)"
         )
     plain = normalize_config({} if config is None else config)
-    world = current_world()
-    require_group(world, "create_run")
+    world = current_world("create_run")
     infos = checked_on_every_rank(
         world, lambda: discover_sinks(plugin_manager).resolve(sink_names(log_sinks))
     )

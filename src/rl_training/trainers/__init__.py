@@ -168,7 +168,7 @@ def open_resumed_run(
     """
     if checkpoint is None:
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    world = current_world()
+    world = current_world("open_resumed_run")
     loaded = checkpoint
 
     def follow(config: TrainConfig) -> TrainingRun:
@@ -262,7 +262,7 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
         session = Session.open(plan, run.logger)
         first_step = session.steps
         evaluator: PeriodicEvaluator | None = None
-        replicas: dict[str, Any] = {}
+        replica_check: dict[str, Any] = {}
         try:
             trainer = trainer_cls(session)
             if config.eval_every and world.is_writer:
@@ -302,13 +302,14 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                 [(config.eval_every, evaluate_now), (config.checkpoint_interval, save)],
             )
             if session.replicas is not None:
-                replicas["world_size"] = world.size
-                replicas["max_weight_difference"] = session.replicas.weight_difference(
+                replica_check["world_size"] = world.size
+                replica_check["max_weight_difference"] = session.replicas.weight_difference(
                     _module_tensors(trainer)
                 )
             save(session.steps)
             if not finished:
                 signum = requested_stop()
+                # Under torchrun the stop may be another rank's (torchrun sends SIGTERM).
                 raise interrupt_for(signum if signum is not None else signal.SIGTERM)
             if world.is_writer:
                 save_model(
@@ -323,8 +324,8 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
             wall_time = time.perf_counter() - start
         finally:
             run.summary = _summary(session, first_step, time.perf_counter() - start, evaluator)
-            if replicas:
-                run.summary["replicas"] = replicas
+            if replica_check:
+                run.summary["replicas"] = replica_check
             if evaluator is not None:
                 evaluator.close()
             session.close()
