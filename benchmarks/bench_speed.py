@@ -1,16 +1,23 @@
 """Training speed side by side with Stable-Baselines3, identical hyperparameters.
 
 Runs alternate (ours, SB3, ours, SB3, ...) so that machine noise hits both alike;
-each run is timed end to end (setup, training with logging on, closing). Prints
-median steps/s and the ratio ours / SB3. SB3 is only imported here, never a
-dependency: ``pip install stable-baselines3`` first.
+each run is timed end to end (setup, training with json + tensorboard logging on,
+closing). Prints median steps/s and the ratio ours / SB3 for each algorithm.
 
-    python benchmarks/bench_speed.py ppo [--steps 20480] [--repeats 3]
+For the off-policy algorithms it also prints the matrix work of one training
+iteration (counted by ``torch.utils.flop_counter``), the GFLOP/s that work achieves
+in our runs, and the machine's sgemm rate at the same sizes measured in the same
+process: how far a run is from the floor the matrix work sets.
+
+SB3 is only imported here, never a dependency: ``pip install stable-baselines3``.
+
+    python benchmarks/bench_speed.py [ppo a2c dqn sac td3] [--steps N] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -18,10 +25,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rl_training import TrainConfig
-from rl_training.trainers import train
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-# SB3's own defaults, spelled out for our side (SB3 takes them implicitly).
+from rl_training import TrainConfig
+from rl_training.experiment.logging import CompositeLogger
+from rl_training.runtime.plan import resolve_plan
+from rl_training.trainers import train
+from rl_training.trainers.session import Session, trainer_class
+
+# SB3's own defaults, spelled out for our side (SB3 takes them implicitly); A2C with
+# 8 envs on both sides (rl-zoo's CartPole setting), DQN with rl-zoo's hyperparameters.
 CASES: dict[str, dict[str, Any]] = {
     "ppo": {
         "env_id": "CartPole-v1",
@@ -44,7 +58,7 @@ CASES: dict[str, dict[str, Any]] = {
     "a2c": {
         "env_id": "CartPole-v1",
         "ours": {
-            "num_envs": 1,
+            "num_envs": 8,
             "n_steps": 5,
             "learning_rate": 7e-4,
             "gamma": 0.99,
@@ -90,32 +104,36 @@ CASES: dict[str, dict[str, Any]] = {
             "net_arch": [400, 300],
         },
     },
-    "dqn": {
+    "dqn": {  # rl-zoo's CartPole hyperparameters (our defaults), on both sides
         "env_id": "CartPole-v1",
         "ours": {
             "num_envs": 1,
-            "learning_rate": 1e-4,
-            "buffer_size": 1_000_000,
-            "learning_starts": 100,
-            "batch_size": 32,
+            "learning_rate": 2.3e-3,
+            "buffer_size": 100_000,
+            "learning_starts": 1_000,
+            "batch_size": 64,
             "tau": 1.0,
             "gamma": 0.99,
-            "train_freq": 4,
-            "gradient_steps": 1,
-            "target_update_interval": 10_000,
-            "exploration_fraction": 0.1,
+            "train_freq": 256,
+            "gradient_steps": 128,
+            "target_update_interval": 10,
+            "exploration_fraction": 0.16,
             "exploration_initial_eps": 1.0,
-            "exploration_final_eps": 0.05,
+            "exploration_final_eps": 0.04,
             "max_grad_norm": 10.0,
-            "net_arch": [64, 64],
+            "net_arch": [256, 256],
         },
     },
 }
 
 
-def run_ours(algo: str, steps: int, root: Path, seed: int) -> float:
+STEPS = {"ppo": 20_480, "a2c": 40_000, "dqn": 20_000, "sac": 5_000, "td3": 5_000}
+"""Default budget per run: a run of ours lasts ~5-40 s here."""
+
+
+def config(algo: str, steps: int, root: Path, seed: int) -> TrainConfig:
     case = CASES[algo]
-    config = TrainConfig(
+    return TrainConfig(
         algo=algo,
         env_id=case["env_id"],
         seed=seed,
@@ -125,57 +143,124 @@ def run_ours(algo: str, steps: int, root: Path, seed: int) -> float:
         log_sinks=("json", "tensorboard"),
         hyperparams=case["ours"],
     )
+
+
+def run_ours(algo: str, steps: int, root: Path, seed: int) -> float:
     start = time.perf_counter()
-    result = train(config)
+    result = train(config(algo, steps, root, seed))
     return result.steps / (time.perf_counter() - start)
 
 
 def run_sb3(algo: str, steps: int, root: Path, seed: int) -> float:
     import stable_baselines3
+    from stable_baselines3.common.env_util import make_vec_env
 
     cls = getattr(stable_baselines3, algo.upper())
+    case = CASES[algo]
+    sb3_kwargs: dict[str, Any] = {}
+    if algo == "dqn":  # rl-zoo's, as ours; SB3's own defaults for the others
+        hp = case["ours"]
+        sb3_kwargs = {k: hp[k] for k in hp if k not in ("num_envs", "net_arch")}
+        sb3_kwargs["policy_kwargs"] = {"net_arch": hp["net_arch"]}
     start = time.perf_counter()
+    env = make_vec_env(case["env_id"], n_envs=case["ours"]["num_envs"], seed=seed)
     model = cls(
         "MlpPolicy",
-        CASES[algo]["env_id"],
+        env,
         seed=seed,
         device="cpu",
         tensorboard_log=str(root / "sb3"),
         verbose=0,
+        **sb3_kwargs,
     )
     model.learn(total_timesteps=steps)
     elapsed = time.perf_counter() - start
     return model.num_timesteps / elapsed
 
 
+def iteration_flops(algo: str, root: Path) -> float:
+    """Matrix FLOPs of one training iteration of ours (forward and backward), counted
+    by ``torch.utils.flop_counter`` on a real trainer once it trains every step."""
+    plan = resolve_plan(config(algo, 10**9, root, seed=0))
+    session = Session.open(plan, CompositeLogger([]))
+    trainer = trainer_class(plan.spec)(session)
+    warmup = max(plan.hp.learning_starts, getattr(plan.hp, "train_freq", 1)) + 10
+    while session.steps < warmup:
+        trainer.iteration()
+    iterations = 2 * getattr(plan.hp, "train_freq", 1) * getattr(plan.hp, "policy_delay", 1)
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(iterations):
+            trainer.iteration()
+    session.close()
+    return counter.get_total_flops() / iterations
+
+
+def sgemm_rate(m: int, k: int, n: int) -> float:
+    """The best GFLOP/s of an ``(m, k) @ (k, n)`` float32 matmul on this machine."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    calls = max(20, int(2e9 / (2 * m * k * n)))
+    best = math.inf
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.mm(a, b)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return 2 * m * k * n / best / 1e9
+
+
+def bench(algo: str, steps: int, repeats: int, root: Path) -> tuple[float, float]:
+    ours: list[float] = []
+    sb3: list[float] = []
+    for i in range(repeats):
+        ours.append(run_ours(algo, steps, root, seed=i))
+        sb3.append(run_sb3(algo, steps, root, seed=i))
+        print(
+            f"  {algo} repeat {i}: ours {ours[-1]:7.0f} steps/s   SB3 {sb3[-1]:7.0f} steps/s",
+            flush=True,
+        )
+    return statistics.median(ours), statistics.median(sb3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("algo", choices=sorted(CASES))
-    parser.add_argument("--steps", type=int, default=20_480)
+    parser.add_argument("algos", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--steps", type=int, help="budget per run (default: per algorithm)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     try:
         import stable_baselines3  # noqa: F401
     except ImportError:
         sys.exit("bench_speed needs stable-baselines3: pip install stable-baselines3")
-    ours: list[float] = []
-    sb3: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(args.repeats):
-            ours.append(run_ours(args.algo, args.steps, Path(tmp), seed=i))
-            sb3.append(run_sb3(args.algo, args.steps, Path(tmp), seed=i))
-            print(
-                f"  repeat {i}: ours {ours[-1]:7.0f} steps/s   SB3 {sb3[-1]:7.0f} steps/s",
-                flush=True,
-            )
-    m_ours, m_sb3 = statistics.median(ours), statistics.median(sb3)
+    torch.set_num_threads(torch.get_num_threads())
+    rates = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
     print(
-        f"{args.algo} {CASES[args.algo]['env_id']}, {args.steps} steps, SB3 defaults, "
-        f"logging on, median of {args.repeats}"
+        f"sgemm reference ({torch.get_num_threads()} threads, batch 256): "
+        + ", ".join(f"{size}x{size} {rate:.0f} GFLOP/s" for size, rate in rates.items())
     )
+    results: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for algo in args.algos:
+            steps = args.steps or STEPS[algo]
+            m_ours, m_sb3 = bench(algo, steps, args.repeats, Path(tmp))
+            line = (
+                f"{algo:4s} {CASES[algo]['env_id']:12s} {steps:6d} steps: ours {m_ours:7.0f} "
+                f"steps/s   SB3 {m_sb3:7.0f} steps/s   ours/SB3 {m_ours / m_sb3:.2f}x"
+            )
+            if algo in ("dqn", "sac", "td3"):
+                flops = iteration_flops(algo, Path(tmp))
+                line += (
+                    f"   matrix work {flops / 1e6:.0f} MFLOP/step, "
+                    f"{flops * m_ours / 1e9:.0f} GFLOP/s in the run"
+                )
+            results.append(line)
+            print(line, flush=True)
+    rates_after = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
+    print(f"\nmedians of {args.repeats} runs, logging on (json + tensorboard)")
+    for line in results:
+        print(line)
     print(
-        f"ours {m_ours:.0f} steps/s   SB3 {m_sb3:.0f} steps/s   "
-        f"ratio ours/SB3 = {m_ours / m_sb3:.2f}"
+        "sgemm reference after: "
+        + ", ".join(f"{size}x{size} {rate:.0f} GFLOP/s" for size, rate in rates_after.items())
     )
 
 

@@ -43,11 +43,11 @@ class A2CTrainer:
         self.agent, self.buffer = actor_critic_and_buffer(session)
         self.optimizer = FlatOptimizer(
             [self.agent],
-            replicas=session.replicas,
-            optimizer=torch.optim.RMSprop,
+            "rmsprop",
             lr=hp.learning_rate,
             alpha=0.99,
             eps=hp.rms_prop_eps,
+            replicas=session.replicas,
         )
         self.n_updates = 0
 

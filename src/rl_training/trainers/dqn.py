@@ -54,7 +54,7 @@ class DQNTrainer:
         self.n_actions = int(discrete_space(session.plan.action_space).n)
         self.q_net = q_network(obs_size, self.n_actions, hp.net_arch).to(device)
         self.q_target = copy.deepcopy(self.q_net)
-        self.optimizer = FlatOptimizer([self.q_net], torch.optim.Adam, lr=hp.learning_rate)
+        self.optimizer = FlatOptimizer([self.q_net], "adam", lr=hp.learning_rate)
         self.target_params = flatten_parameters([self.q_target], with_grad=False)
         self.buffer = ReplayBuffer(hp.buffer_size, obs_size, (), True, device)
         self.n_updates = 0

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -46,25 +47,44 @@ def attach_gradient(modules: Sequence[nn.Module], flat: nn.Parameter, grad: torc
         offset += n
 
 
+ADAM_BETAS = (0.9, 0.999)
+"""Adam's moment decay rates (PyTorch's and SB3's defaults)."""
+
+
 class FlatOptimizer:
-    """An optimizer over :func:`flatten_parameters` of some modules.
+    """Adam or RMSprop over :func:`flatten_parameters` of some modules.
+
+    The update rules of ``torch.optim.Adam`` (its fused kernel where the device has
+    one) and ``torch.optim.RMSprop`` (no momentum, not centred), applied to one flat
+    tensor without ``torch.optim.Optimizer`` around them: that wrapper costs more per
+    step than the arithmetic of these small networks, and building the first one
+    imports ``torch._dynamo`` (about a second). ``state_dict`` has
+    ``torch.optim``'s layout, so either can read the other's.
 
     Args:
         modules: Whose parameters it owns.
-        optimizer: ``torch.optim`` class, e.g. ``torch.optim.Adam`` (fused where available).
+        algorithm: ``"adam"`` or ``"rmsprop"``.
+        lr: Step size.
+        eps: Added to the denominator (default: 1e-8 for Adam, PyTorch's; A2C passes
+            SB3's 1e-5 for RMSprop).
+        alpha: RMSprop's squared-gradient decay.
         replicas: Under torchrun: every step averages the gradient over the ranks in
             one all-reduce before clipping, so every rank takes the same step.
-        **kwargs: The optimizer's arguments (``lr``, ``eps``...).
     """
 
     def __init__(
         self,
         modules: Sequence[nn.Module],
-        optimizer: type[torch.optim.Optimizer],
+        algorithm: Literal["adam", "rmsprop"],
         *,
+        lr: float,
+        eps: float = 1e-8,
+        alpha: float = 0.99,
         replicas: Replicas | None = None,
-        **kwargs: Any,
     ) -> None:
+        if algorithm not in ("adam", "rmsprop"):
+            raise ValueError(f"optimizer {algorithm!r} is not one of 'adam', 'rmsprop'")
+        self.algorithm = algorithm
         self.param = flatten_parameters(modules, with_grad=False)
         """All the parameters, flat; ``.grad`` is the flat gradient."""
         n = self.param.numel()
@@ -73,18 +93,24 @@ class FlatOptimizer:
         self._grad = self.param.new_zeros(n + (1 if replicas is not None else 0))
         attach_gradient(modules, self.param, self._grad[:n])
         self._replicas = replicas
-        if optimizer is torch.optim.Adam and self.param.device.type in ("cpu", "cuda"):
-            kwargs.setdefault("fused", True)
-        self.optimizer = optimizer([self.param], **kwargs)
+        self.lr, self.eps, self.alpha = lr, eps, alpha
+        self._moments = [self.param.new_zeros(n) for _ in range(2 if algorithm == "adam" else 1)]
+        self._step = self.param.new_zeros(())
+        """Steps taken, a float tensor on the device (the fused kernel reads it there)."""
+        self._steps_taken = 0
+        self._fused = (
+            algorithm == "adam"
+            and hasattr(torch, "_fused_adam_")
+            and self.param.device.type in ("cpu", "cuda")
+        )
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.lr = lr
 
     def step(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
         """Zero the gradients, backpropagate ``loss``, average it over the replicas,
-        clip the global norm, step."""
+        clip the global norm, update the parameters."""
         self._grad.zero_()
         loss.backward()  # type: ignore[no-untyped-call]
         if self._replicas is not None:
@@ -94,16 +120,81 @@ class FlatOptimizer:
         if max_grad_norm is not None:
             norm = torch.linalg.vector_norm(grad)
             grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
-        self.optimizer.step()
+        with torch.no_grad():
+            self._update(self.param.data, grad)
+
+    def _update(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        self._step.add_(1)
+        self._steps_taken += 1
+        if self.algorithm == "rmsprop":  # torch.optim.RMSprop's single-tensor rule
+            (square_avg,) = self._moments
+            square_avg.mul_(self.alpha).addcmul_(grad, grad, value=1 - self.alpha)
+            param.addcdiv_(grad, square_avg.sqrt().add_(self.eps), value=-self.lr)
+            return
+        exp_avg, exp_avg_sq = self._moments
+        beta1, beta2 = ADAM_BETAS
+        if self._fused:
+            torch._fused_adam_(
+                [param], [grad], [exp_avg], [exp_avg_sq], [], [self._step],
+                lr=self.lr, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=self.eps,
+                amsgrad=False, maximize=False,
+            )  # fmt: skip
+            return
+        # torch.optim.Adam's single-tensor rule, for devices without the fused kernel
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step = self._steps_taken
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+        param.addcdiv_(exp_avg, denom, value=-self.lr / (1 - beta1**step))
 
     def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state (moments, step counts, learning rate); the parameters
-        themselves belong to the modules."""
-        return self.optimizer.state_dict()
+        """Moments, step count and learning rate, in ``torch.optim``'s layout; the
+        parameters themselves belong to the modules."""
+        names = ("exp_avg", "exp_avg_sq") if self.algorithm == "adam" else ("square_avg",)
+        state = {"step": self._step.clone()}
+        state.update({name: m.clone() for name, m in zip(names, self._moments, strict=True)})
+        group: dict[str, Any] = {"lr": self.lr, "eps": self.eps, "weight_decay": 0.0}
+        if self.algorithm == "adam":
+            group.update(betas=ADAM_BETAS, amsgrad=False, maximize=False)
+        else:
+            group.update(alpha=self.alpha, momentum=0.0, centered=False, maximize=False)
+        return {
+            "state": {0: state} if self._steps_taken else {},
+            "param_groups": [{**group, "params": [0]}],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.optimizer.load_state_dict(dict(state))
+        """Restore :meth:`state_dict` (or a ``torch.optim`` optimizer's over the same
+        flat parameter).
+
+        Raises:
+            ValueError: the state is another algorithm's or another size's.
+        """
+        self.lr = float(state["param_groups"][0]["lr"])
+        tensors = state["state"].get(0)
+        names = ("exp_avg", "exp_avg_sq") if self.algorithm == "adam" else ("square_avg",)
+        with torch.no_grad():
+            if not tensors:  # saved before the first step
+                self._step.zero_()
+                self._steps_taken = 0
+                for moment in self._moments:
+                    moment.zero_()
+                return
+            missing = [name for name in names if name not in tensors]
+            if missing:
+                raise ValueError(
+                    f"optimizer state has no {', '.join(missing)}: not {self.algorithm}'s"
+                )
+            for name, moment in zip(names, self._moments, strict=True):
+                if tensors[name].numel() != moment.numel():
+                    raise ValueError(
+                        f"optimizer state {name} has {tensors[name].numel()} values; "
+                        f"these parameters have {moment.numel()}"
+                    )
+                moment.copy_(tensors[name].reshape(moment.shape))
+            self._step.copy_(torch.as_tensor(tensors["step"], dtype=self._step.dtype))
+            self._steps_taken = int(self._step.item())
 
 
 def linear_schedule(start: float, end: float, fraction: float) -> float:

@@ -44,11 +44,7 @@ class PPOTrainer:
         hp = session.hp
         self.agent, self.buffer = actor_critic_and_buffer(session)
         self.optimizer = FlatOptimizer(
-            [self.agent],
-            replicas=session.replicas,
-            optimizer=torch.optim.Adam,
-            lr=hp.learning_rate,
-            eps=1e-5,
+            [self.agent], "adam", lr=hp.learning_rate, eps=1e-5, replicas=session.replicas
         )
         self.n_updates = 0
 

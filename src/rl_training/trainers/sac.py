@@ -66,6 +66,14 @@ class SquashedGaussianActor(nn.Module):
         return action, log_prob
 
 
+class Temperature(nn.Module):
+    """The entropy temperature as a module: ``log(alpha)``, one parameter."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(alpha)))
+
+
 class SACTrainer:
     """SAC on a session: one vector step per iteration, a training phase when due."""
 
@@ -84,8 +92,8 @@ class SACTrainer:
         self.actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
         self.critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
         self.critic_target = copy.deepcopy(self.critic)
-        self.actor_opt = FlatOptimizer([self.actor], torch.optim.Adam, lr=hp.learning_rate)
-        self.critic_opt = FlatOptimizer([self.critic], torch.optim.Adam, lr=hp.learning_rate)
+        self.actor_opt = FlatOptimizer([self.actor], "adam", lr=hp.learning_rate)
+        self.critic_opt = FlatOptimizer([self.critic], "adam", lr=hp.learning_rate)
         self.target_params = flatten_parameters([self.critic_target], with_grad=False)
 
         # Entropy temperature: learned as log(alpha) unless ent_coef is a number.
@@ -94,11 +102,10 @@ class SACTrainer:
             alpha_init = float(hp.ent_coef[5:]) if hp.ent_coef.startswith("auto_") else 1.0
         else:
             learn_alpha, alpha_init = False, float(hp.ent_coef)
-        self.log_alpha = torch.tensor(
-            math.log(alpha_init), device=device, requires_grad=learn_alpha
-        )
+        self.temperature = Temperature(alpha_init).to(device)
+        self.log_alpha = self.temperature.log_alpha
         self.alpha_opt = (
-            torch.optim.Adam([self.log_alpha], lr=hp.learning_rate) if learn_alpha else None
+            FlatOptimizer([self.temperature], "adam", lr=hp.learning_rate) if learn_alpha else None
         )
         self.target_entropy = (
             -float(act_size) if hp.target_entropy == "auto" else float(hp.target_entropy)
@@ -132,9 +139,7 @@ class SACTrainer:
             pi_action, logp = actor(batch.obs, g)
             if self.alpha_opt is not None:
                 alpha_loss = -(log_alpha * (logp.detach() + self.target_entropy)).mean()
-                self.alpha_opt.zero_grad(set_to_none=True)
-                alpha_loss.backward()
-                self.alpha_opt.step()
+                self.alpha_opt.step(alpha_loss)
                 self.train_values["loss/alpha"] = alpha_loss.detach()
 
             # Compute targets: soft Bellman target from the target twins (eq. 3, 5)

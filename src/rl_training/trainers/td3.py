@@ -65,8 +65,8 @@ class TD3Trainer:
             copy.deepcopy(self.actor),
             copy.deepcopy(self.critic),
         )
-        self.actor_opt = FlatOptimizer([self.actor], torch.optim.Adam, lr=hp.learning_rate)
-        self.critic_opt = FlatOptimizer([self.critic], torch.optim.Adam, lr=hp.learning_rate)
+        self.actor_opt = FlatOptimizer([self.actor], "adam", lr=hp.learning_rate)
+        self.critic_opt = FlatOptimizer([self.critic], "adam", lr=hp.learning_rate)
         self.actor_target_params = flatten_parameters([self.actor_target], with_grad=False)
         self.critic_target_params = flatten_parameters([self.critic_target], with_grad=False)
 
