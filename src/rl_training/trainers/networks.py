@@ -120,9 +120,15 @@ class EnsembleMLP(nn.Module):
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             w, b = (weight.detach(), bias.detach()) if detach else (weight, bias)
-            h = torch.baddbmm(b, h, w)
             if i < last:
-                h = self.activation(h)
+                h = self.activation(torch.baddbmm(b, h, w))
+            elif w.shape[-1] == 1:
+                # A head of one output (the critics' Q): a broadcast product and a sum.
+                # A batched matmul of this shape costs ~4x as much on the CPU (~90 us
+                # for 2 x 256 x 300), 2x with its backward.
+                h = (h * w.transpose(1, 2)).sum(-1, keepdim=True) + b
+            else:
+                h = torch.baddbmm(b, h, w)
         return h
 
     def member(self, x: torch.Tensor, index: int, *, detach: bool = False) -> torch.Tensor:
