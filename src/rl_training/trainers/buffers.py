@@ -197,14 +197,22 @@ class ReplayBuffer:
                 getattr(self, name)[:size] = state[name]
         self.pos, self.size = int(state["pos"]), size
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> ReplayBatch:
-        """``batch_size`` transitions drawn uniformly with replacement, gathered in one pass."""
-        idx = torch.randint(0, self.size, (batch_size,), generator=generator, device=self.device)
+    def sample(
+        self, batch_size: int, generator: torch.Generator, batches: int | None = None
+    ) -> ReplayBatch:
+        """``batch_size`` transitions drawn uniformly with replacement, gathered in one pass.
+
+        With ``batches``, that many minibatches at once, each tensor shaped
+        ``(batches, batch_size, ...)``: the same draws, in the same order, as that many
+        calls without it.
+        """
+        shape = (batch_size,) if batches is None else (batches, batch_size)
+        idx = torch.randint(0, self.size, shape, generator=generator, device=self.device)
         scalars = self.scalars[idx]
         return ReplayBatch(
             obs=self.obs[idx],
             actions=self.actions[idx],
-            rewards=scalars[:, 0],
+            rewards=scalars[..., 0],
             next_obs=self.next_obs[idx],
-            terminations=scalars[:, 1],
+            terminations=scalars[..., 1],
         )

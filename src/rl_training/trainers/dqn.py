@@ -42,8 +42,9 @@ def q_network(obs_size: int, n_actions: int, net_arch: tuple[int, ...]) -> nn.Mo
 class DQNTrainer:
     """DQN on a session: one vector step per iteration, a training phase when due."""
 
-    CPU_THREADS: ClassVar[int | None] = 1
-    """Intra-op threads on the CPU (batches of 64: one thread is fastest)."""
+    CPU_THREADS: ClassVar[int | None] = None
+    """Intra-op threads on the CPU (None: torch default; the default 256-unit layers on
+    batches of 64 run ~6 % faster per environment step on two cores than on one)."""
     SAVED_MODULES: ClassVar[tuple[str, ...]] = ("q_net",)
     """The modules a model file holds (attributes of the trainer)."""
 
@@ -59,6 +60,8 @@ class DQNTrainer:
         self.buffer = ReplayBuffer(hp.buffer_size, obs_size, (), True, device)
         self.n_updates = 0
         self.train_values: dict[str, Any] = {}
+        # Minibatches drawn together: their observations take at most ~64 MB
+        self.batches_at_once = max(1, min(hp.gradient_steps, 2**23 // (hp.batch_size * obs_size)))
         # Counted in vector steps, as SB3 does: max(interval // num_envs, 1)
         self.target_every = max(hp.target_update_interval // hp.num_envs, 1)
 
@@ -86,18 +89,24 @@ class DQNTrainer:
             action = torch.where(explore, random_actions, greedy)
         self.buffer.collect(stepper, action, action.cpu().numpy())
 
-        # Compute targets and optimise
+        # Compute targets and optimise. The target network and the buffer stay as they
+        # are for the whole phase, so its minibatches are drawn, and their targets
+        # computed, together: one forward of the target network instead of one per step.
         if hp.trains_after(stepper.steps, stepper.vector_steps):
-            for _ in range(hp.gradient_steps):
-                batch = self.buffer.sample(hp.batch_size, g)
+            done = 0
+            while done < hp.gradient_steps:
+                n = min(hp.gradient_steps - done, self.batches_at_once)
+                batches = self.buffer.sample(hp.batch_size, g, batches=n)
                 with torch.no_grad():
-                    next_q = self.q_target(batch.next_obs).max(-1).values
-                    target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * next_q
-                q_all = self.q_net(batch.obs)
-                q = q_all.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-                loss = nn.functional.smooth_l1_loss(q, target_q)
-                self.optimizer.step(loss, hp.max_grad_norm)
-                self.n_updates += 1
+                    next_q = self.q_target(batches.next_obs).max(-1).values
+                    targets = batches.rewards + (1 - batches.terminations) * hp.gamma * next_q
+                for i in range(n):
+                    q_all = self.q_net(batches.obs[i])
+                    q = q_all.gather(-1, batches.actions[i].unsqueeze(-1)).squeeze(-1)
+                    loss = nn.functional.smooth_l1_loss(q, targets[i])
+                    self.optimizer.step(loss, hp.max_grad_norm)
+                    self.n_updates += 1
+                done += n
             self.train_values = {
                 "loss/q": loss.detach(),
                 "train/q_mean": q.detach().mean(),
