@@ -42,3 +42,27 @@ def test_detach_moves_only_the_input():
     net(x, detach=True).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in net.parameters())
+
+
+@pytest.mark.parametrize("activation", [torch.relu, torch.tanh])
+def test_written_out_backward_is_autograds(activation):
+    from rl_training.trainers.networks import MLP
+    from rl_training.trainers.optim import flatten_parameters
+
+    torch.manual_seed(2)
+    net = MLP(5, (16, 8), 3, activation=activation)
+    flat = flatten_parameters([net])  # .grad views, as FlatOptimizer attaches them
+    x = torch.randn(32, 5)
+    grad_out = torch.randn(32, 3)
+
+    out, inputs = net.forward_saving(x)
+    torch.testing.assert_close(out, net(x))
+    assert not out.requires_grad  # no graph built
+    net.backward_(inputs, grad_out)
+    assert flat.grad is not None
+    written = flat.grad.clone()
+
+    flat.grad.zero_()
+    net(x).backward(grad_out)
+    torch.testing.assert_close(written, flat.grad)
+    assert written.abs().sum() > 0

@@ -24,7 +24,7 @@ from rl_training.hyperparams import DQNHyperparams
 from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import discrete_space, obs_dim, obs_to_tensor
-from rl_training.trainers.networks import mlp
+from rl_training.trainers.networks import MLP, mlp
 from rl_training.trainers.optim import (
     FlatOptimizer,
     flatten_parameters,
@@ -34,7 +34,7 @@ from rl_training.trainers.optim import (
 from rl_training.trainers.session import Policy, Session, load_state, state_of
 
 
-def q_network(obs_size: int, n_actions: int, net_arch: tuple[int, ...]) -> nn.Module:
+def q_network(obs_size: int, n_actions: int, net_arch: tuple[int, ...]) -> MLP:
     """Q(s, .): an MLP with ReLU and one output per action (SB3's QNetwork)."""
     return mlp(obs_size, net_arch, n_actions, activation=torch.relu, out_gain=None)
 
@@ -101,15 +101,20 @@ class DQNTrainer:
                     next_q = self.q_target(batches.next_obs).max(-1).values
                     targets = batches.rewards + (1 - batches.terminations) * hp.gamma * next_q
                 for i in range(n):
-                    q_all = self.q_net(batches.obs[i])
-                    q = q_all.gather(-1, batches.actions[i].unsqueeze(-1)).squeeze(-1)
-                    loss = nn.functional.smooth_l1_loss(q, targets[i])
-                    self.optimizer.step(loss, hp.max_grad_norm)
+                    # The Huber loss (smooth L1, mean over the batch) of the taken
+                    # actions' Q-values, its gradient written out: clamp(error, -1, 1) / B
+                    q_all, inputs = self.q_net.forward_saving(batches.obs[i])
+                    actions = batches.actions[i].unsqueeze(-1)
+                    q = q_all.gather(-1, actions).squeeze(-1)
+                    error = (q - targets[i]).clamp_(-1.0, 1.0).div_(hp.batch_size)
+                    grad_q = torch.zeros_like(q_all).scatter_(-1, actions, error.unsqueeze(-1))
+                    self.q_net.backward_(inputs, grad_q)
+                    self.optimizer.apply_gradient(hp.max_grad_norm)
                     self.n_updates += 1
                 done += n
             self.train_values = {
-                "loss/q": loss.detach(),
-                "train/q_mean": q.detach().mean(),
+                "loss/q": nn.functional.smooth_l1_loss(q, targets[n - 1]),
+                "train/q_mean": q.mean(),
                 "train/n_updates": self.n_updates,
             }
 

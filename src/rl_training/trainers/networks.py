@@ -27,6 +27,15 @@ def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) 
     return layer
 
 
+Activation = Callable[[torch.Tensor], torch.Tensor]
+
+_DERIVATIVE_FROM_OUTPUT: dict[Activation, Activation] = {
+    torch.relu: lambda y: y > 0,
+    torch.tanh: lambda y: 1 - y * y,
+}
+"""d activation / d input, from the activation's output (for :meth:`MLP.backward_`)."""
+
+
 class MLP(nn.Module):
     """``Linear -> activation`` per hidden width, then a linear head.
 
@@ -62,6 +71,36 @@ class MLP(nn.Module):
         for layer in hidden:
             x = activation(linear(x, layer.weight, layer.bias))
         return linear(x, head.weight, head.bias)
+
+    def forward_saving(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output of a 2-D batch and each layer's input, for :meth:`backward_`.
+
+        Builds no autograd graph: with :meth:`backward_` this is a gradient step
+        written out, a third fewer operations than autograd takes for these layers.
+        """
+        inputs = []
+        with torch.no_grad():
+            *hidden, head = self.linears
+            for layer in hidden:
+                inputs.append(x)
+                x = self.activation(torch.addmm(layer.bias, x, layer.weight.t()))
+            inputs.append(x)
+            return torch.addmm(head.bias, x, head.weight.t()), inputs
+
+    def backward_(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> None:
+        """Write the parameters' gradients (into their ``.grad``, which must exist)
+        from ``grad_out``, the loss's gradient at the output of :meth:`forward_saving`
+        whose layer inputs are ``inputs``."""
+        derivative = _DERIVATIVE_FROM_OUTPUT[self.activation]
+        g = grad_out
+        with torch.no_grad():
+            for i in range(len(self.linears) - 1, -1, -1):
+                layer, x = self.linears[i], inputs[i]
+                assert layer.weight.grad is not None and layer.bias.grad is not None
+                torch.mm(g.t(), x, out=layer.weight.grad)
+                torch.sum(g, 0, out=layer.bias.grad)
+                if i > 0:  # x is the previous layer's activation output
+                    g = torch.mm(g, layer.weight).mul_(derivative(x))
 
 
 def mlp(

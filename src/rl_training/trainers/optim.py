@@ -113,6 +113,11 @@ class FlatOptimizer:
         clip the global norm, update the parameters."""
         self._grad.zero_()
         loss.backward()  # type: ignore[no-untyped-call]
+        self.apply_gradient(max_grad_norm)
+
+    def apply_gradient(self, max_grad_norm: float | None = None) -> None:
+        """Step with the gradient already in ``param.grad`` (written there by hand):
+        average it over the replicas, clip the global norm, update the parameters."""
         if self._replicas is not None:
             self._replicas.average_gradient_(self._grad)
         grad = self.param.grad
