@@ -29,11 +29,12 @@ def layer_init(layer: nn.Linear, gain: float = math.sqrt(2), bias: float = 0.0) 
 
 Activation = Callable[[torch.Tensor], torch.Tensor]
 
-_DERIVATIVE_FROM_OUTPUT: dict[Activation, Activation] = {
-    torch.relu: lambda y: y > 0,
-    torch.tanh: lambda y: 1 - y * y,
+_BACKWARD_FROM_OUTPUT: dict[Activation, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    torch.relu: lambda grad, y: torch.ops.aten.threshold_backward(grad, y, 0.0),
+    torch.tanh: lambda grad, y: torch.ops.aten.tanh_backward(grad, y),
 }
-"""d activation / d input, from the activation's output (for :meth:`MLP.backward_`)."""
+"""An activation's backward from its output ``y`` (autograd's own kernels), for
+:meth:`MLP.backward_`."""
 
 
 class MLP(nn.Module):
@@ -91,7 +92,7 @@ class MLP(nn.Module):
         """Write the parameters' gradients (into their ``.grad``, which must exist)
         from ``grad_out``, the loss's gradient at the output of :meth:`forward_saving`
         whose layer inputs are ``inputs``."""
-        derivative = _DERIVATIVE_FROM_OUTPUT[self.activation]
+        activation_backward = _BACKWARD_FROM_OUTPUT[self.activation]
         g = grad_out
         with torch.no_grad():
             for i in range(len(self.linears) - 1, -1, -1):
@@ -100,7 +101,7 @@ class MLP(nn.Module):
                 torch.mm(g.t(), x, out=layer.weight.grad)
                 torch.sum(g, 0, out=layer.bias.grad)
                 if i > 0:  # x is the previous layer's activation output
-                    g = torch.mm(g, layer.weight).mul_(derivative(x))
+                    g = activation_backward(torch.mm(g, layer.weight), x)
 
 
 def mlp(
