@@ -2,7 +2,9 @@
 
 Runs alternate (ours, SB3, ours, SB3, ...) so that machine noise hits both alike;
 each run is timed end to end (setup, training with json + tensorboard logging on,
-closing). Prints median steps/s and the ratio ours / SB3 for each algorithm.
+closing). Prints median steps/s and the ratio ours / SB3 for each algorithm, and the
+median of the per-pair ratios (each pair shares the machine's state of the moment:
+on a noisy machine the steadier figure).
 
 For the off-policy algorithms it also prints the matrix work of one training
 iteration (counted by ``torch.utils.flop_counter``), the GFLOP/s that work achieves
@@ -208,17 +210,21 @@ def sgemm_rate(m: int, k: int, n: int) -> float:
     return 2 * m * k * n / best / 1e9
 
 
-def bench(algo: str, steps: int, repeats: int, root: Path) -> tuple[float, float]:
+def bench(algo: str, steps: int, repeats: int, root: Path) -> tuple[float, float, float]:
+    """Median steps/s of ours and SB3, and the median of the per-pair ratios (each pair
+    ran back to back, so it shares the machine's state of the moment)."""
     ours: list[float] = []
     sb3: list[float] = []
     for i in range(repeats):
         ours.append(run_ours(algo, steps, root, seed=i))
         sb3.append(run_sb3(algo, steps, root, seed=i))
         print(
-            f"  {algo} repeat {i}: ours {ours[-1]:7.0f} steps/s   SB3 {sb3[-1]:7.0f} steps/s",
+            f"  {algo} repeat {i}: ours {ours[-1]:7.0f} steps/s   SB3 {sb3[-1]:7.0f} steps/s"
+            f"   ratio {ours[-1] / sb3[-1]:.2f}",
             flush=True,
         )
-    return statistics.median(ours), statistics.median(sb3)
+    pairs = statistics.median(o / s for o, s in zip(ours, sb3, strict=True))
+    return statistics.median(ours), statistics.median(sb3), pairs
 
 
 def main() -> None:
@@ -241,10 +247,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for algo in args.algos:
             steps = args.steps or STEPS[algo]
-            m_ours, m_sb3 = bench(algo, steps, args.repeats, Path(tmp))
+            m_ours, m_sb3, pairs = bench(algo, steps, args.repeats, Path(tmp))
             line = (
                 f"{algo:4s} {CASES[algo]['env_id']:12s} {steps:6d} steps: ours {m_ours:7.0f} "
-                f"steps/s   SB3 {m_sb3:7.0f} steps/s   ours/SB3 {m_ours / m_sb3:.2f}x"
+                f"steps/s   SB3 {m_sb3:7.0f} steps/s   ours/SB3 {m_ours / m_sb3:.2f}x "
+                f"(median of pairs {pairs:.2f}x)"
             )
             if algo in ("dqn", "sac", "td3"):
                 flops = iteration_flops(algo, Path(tmp))
