@@ -17,10 +17,11 @@ def _member_reference(net: EnsembleMLP, x: torch.Tensor, k: int) -> torch.Tensor
     return x
 
 
-@pytest.mark.parametrize("out_dim", [1, 3])  # a one-output head takes its own path
-def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim):
+@pytest.mark.parametrize(("out_dim", "product_head"), [(1, True), (1, False), (3, True)])
+def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim, product_head):
     torch.manual_seed(0)
-    net = EnsembleMLP(2, 5, (16, 8), out_dim)
+    net = EnsembleMLP(2, 5, (16, 8), out_dim, product_head=product_head)
+    assert net.product_head == (product_head and out_dim == 1)
     x = torch.randn(32, 5)
     out = net(x)
     assert out.shape == (2, 32, out_dim)
@@ -37,7 +38,7 @@ def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim):
 
 def test_detach_moves_only_the_input():
     torch.manual_seed(1)
-    net = EnsembleMLP(2, 4, (8,), 1)
+    net = EnsembleMLP(2, 4, (8,), 1, product_head=True)
     x = torch.randn(6, 4, requires_grad=True)
     net(x, detach=True).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0

@@ -90,7 +90,7 @@ class SACTrainer:
         self.act_size = act_size = int(np.prod(self.act_space.shape))
 
         self.actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
-        self.critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
+        self.critic = TwinCritic(obs_size, act_size, hp.net_arch, product_head=True).to(device)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = FlatOptimizer([self.actor], "adam", lr=hp.learning_rate)
         self.critic_opt = FlatOptimizer([self.critic], "adam", lr=hp.learning_rate)
