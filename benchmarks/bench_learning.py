@@ -128,7 +128,7 @@ def describe(scores: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("algos", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("algos", nargs="*", help=f"of {', '.join(CASES)} (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--libs", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"])
     parser.add_argument("--workers", type=int, default=2)
@@ -136,6 +136,9 @@ def main() -> None:
                         help="a hyperparameter of ours to try instead of the default "
                         "(one algorithm at a time)")  # fmt: skip
     args = parser.parse_args()
+    args.algos = args.algos or list(CASES)
+    if unknown := [a for a in args.algos if a not in CASES]:
+        parser.error(f"unknown algorithm {unknown[0]!r}: choose from {', '.join(CASES)}")
     from rl_training.cli import parse_hyperparams
 
     hp = parse_hyperparams(args.algos[0], args.hp) if args.hp else {}

@@ -103,8 +103,8 @@ def main() -> None:
             print(f"({key}) {label:<48} {med[key]:8.1f} us  [{spread[0]:.1f}-{spread[1]:.1f}]")
         else:
             print(f"({key}) {label:<48}   (not installed)")
-    print(f"a/b = {med['a'] / med['b']:.3f}   (target <= 0.3)")
-    print(f"c/b = {med['c'] / med['b']:.3f}   (target <= 0.35, stretch 0.2)")
+    print(f"a/b = {med['a'] / med['b']:.3f}   (target <= 0.15)")
+    print(f"c/b = {med['c'] / med['b']:.3f}   (target <= 0.2)")
     if "d" in med:
         print(f"a/d = {med['a'] / med['d']:.3f}   d/b = {med['d'] / med['b']:.3f}")
 

@@ -229,10 +229,13 @@ def bench(algo: str, steps: int, repeats: int, root: Path) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("algos", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("algos", nargs="*", help=f"of {', '.join(CASES)} (default: all)")
     parser.add_argument("--steps", type=int, help="budget per run (default: per algorithm)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    args.algos = args.algos or list(CASES)
+    if unknown := [a for a in args.algos if a not in CASES]:
+        parser.error(f"unknown algorithm {unknown[0]!r}: choose from {', '.join(CASES)}")
     try:
         import stable_baselines3  # noqa: F401
     except ImportError:
