@@ -240,7 +240,6 @@ def main() -> None:
         import stable_baselines3  # noqa: F401
     except ImportError:
         sys.exit("bench_speed needs stable-baselines3: pip install stable-baselines3")
-    torch.set_num_threads(torch.get_num_threads())
     rates = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
     print(
         f"sgemm reference ({torch.get_num_threads()} threads, batch 256): "

@@ -94,10 +94,13 @@ class FlatOptimizer:
         attach_gradient(modules, self.param, self._grad[:n])
         self._replicas = replicas
         self.lr, self.eps, self.alpha = lr, eps, alpha
-        self._moments = [self.param.new_zeros(n) for _ in range(2 if algorithm == "adam" else 1)]
+        self._moment_names = ("exp_avg", "exp_avg_sq") if algorithm == "adam" else ("square_avg",)
+        """The moments' names in ``torch.optim``'s state."""
+        self._moments = [self.param.new_zeros(n) for _ in self._moment_names]
         self._step = self.param.new_zeros(())
         """Steps taken, a float tensor on the device (the fused kernel reads it there)."""
         self._steps_taken = 0
+        """``_step`` on the host: read without waiting for the device."""
         self._fused = (
             algorithm == "adam"
             and hasattr(torch, "_fused_adam_")
@@ -156,9 +159,9 @@ class FlatOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """Moments, step count and learning rate, in ``torch.optim``'s layout; the
         parameters themselves belong to the modules."""
-        names = ("exp_avg", "exp_avg_sq") if self.algorithm == "adam" else ("square_avg",)
         state = {"step": self._step.clone()}
-        state.update({name: m.clone() for name, m in zip(names, self._moments, strict=True)})
+        moments = zip(self._moment_names, self._moments, strict=True)
+        state.update({name: moment.clone() for name, moment in moments})
         group: dict[str, Any] = {"lr": self.lr, "eps": self.eps, "weight_decay": 0.0}
         if self.algorithm == "adam":
             group.update(betas=ADAM_BETAS, amsgrad=False, maximize=False)
@@ -178,7 +181,7 @@ class FlatOptimizer:
         """
         self.lr = float(state["param_groups"][0]["lr"])
         tensors = state["state"].get(0)
-        names = ("exp_avg", "exp_avg_sq") if self.algorithm == "adam" else ("square_avg",)
+        names = self._moment_names
         with torch.no_grad():
             if not tensors:  # saved before the first step
                 self._step.zero_()
