@@ -32,3 +32,41 @@ def test_batches_at_once_are_the_same_draws_as_one_call_each():
     assert together.rewards.shape == together.terminations.shape == (5, 8)
     # the draws span the buffer, not one row
     assert len({tuple(row) for row in together.obs.reshape(-1, 3).tolist()}) > 10
+
+
+def _fill(buffer: ReplayBuffer, steps: int, envs: int, seed: int) -> list[tuple]:
+    """Add ``steps`` vector steps of random transitions; return them in order."""
+    rng = np.random.default_rng(seed)
+    added = []
+    for _ in range(steps):
+        row = (
+            torch.from_numpy(rng.standard_normal((envs, 3)).astype(np.float32)),
+            torch.from_numpy(rng.standard_normal((envs, 3)).astype(np.float32)),
+            torch.from_numpy(rng.uniform(-1, 1, (envs, 2)).astype(np.float32)),
+            rng.standard_normal(envs),
+            rng.integers(0, 2, envs).astype(bool),
+            rng.integers(0, 2, envs).astype(bool),
+        )
+        buffer.add(*row)
+        added.append(row)
+    return added
+
+
+def test_rows_wrap_around_and_both_write_paths_store_the_same():
+    # 7 steps of 3 envs into 10 rows: the 4th step wraps (rows 9, 0, 1), later ones
+    # overwrite the oldest. The CPU writes through numpy views; other devices index
+    # the tensors: with the views switched off the same code path runs here.
+    host, indexed = (ReplayBuffer(10, 3, (2,), False, torch.device("cpu")) for _ in range(2))
+    indexed._host = None
+    added = _fill(host, 7, 3, seed=1)
+    _fill(indexed, 7, 3, seed=1)
+    assert (host.pos, host.size) == (indexed.pos, indexed.size) == (1, 10)
+    for name in ("obs", "next_obs", "actions", "scalars"):
+        assert torch.equal(getattr(host, name), getattr(indexed, name)), name
+    # the last transition (env 2 of step 7) sits at row 0, its predecessor at row 9
+    obs, next_obs, actions, rewards, terminated, truncated = added[-1]
+    assert torch.equal(host.obs[0], obs[2]) and torch.equal(host.next_obs[0], next_obs[2])
+    assert torch.equal(host.actions[0], actions[2])
+    expected = [np.float32(rewards[2]), float(terminated[2]), float(truncated[2])]
+    assert host.scalars[0].tolist() == expected
+    assert torch.equal(host.obs[9], obs[1])

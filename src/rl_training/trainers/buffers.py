@@ -47,6 +47,13 @@ class RolloutBuffer:
         self.rewards = np.zeros((n_steps, num_envs), dtype=np.float32)
         self.dones = np.zeros((n_steps, num_envs), dtype=np.float32)
         """1 where the transition ended an episode (terminated or truncated)."""
+        # On the CPU, steps are written through numpy views of the same memory (see
+        # ReplayBuffer): cheaper than indexing the tensors.
+        self._host = (
+            (self.obs.numpy(), self.actions.numpy(), self.log_probs.numpy(), self.values.numpy())
+            if device.type == "cpu"
+            else None
+        )
 
     def add(
         self,
@@ -59,10 +66,17 @@ class RolloutBuffer:
         done: np.ndarray,
     ) -> None:
         """Store vector step ``t``."""
-        self.obs[t] = obs
-        self.actions[t] = action
-        self.log_probs[t] = log_prob
-        self.values[t] = value
+        if self._host is not None:
+            host_obs, host_actions, host_log_probs, host_values = self._host
+            host_obs[t] = obs.numpy()
+            host_actions[t] = action.numpy()
+            host_log_probs[t] = log_prob.numpy()
+            host_values[t] = value.numpy()
+        else:
+            self.obs[t] = obs
+            self.actions[t] = action
+            self.log_probs[t] = log_prob
+            self.values[t] = value
         self.rewards[t] = reward
         self.dones[t] = done
 
@@ -131,6 +145,13 @@ class ReplayBuffer:
         self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
         # reward, terminated, truncated side by side: one host-to-device copy per add
         self.scalars = torch.zeros((capacity, 3), device=device)
+        # On the CPU, rows are written through numpy views of the same memory: ~1 us
+        # a row each, where indexing a tensor costs ~4 us (a step adds four of them).
+        self._host = (
+            (self.obs.numpy(), self.next_obs.numpy(), self.actions.numpy(), self.scalars.numpy())
+            if device.type == "cpu"
+            else None
+        )
         self.pos = 0
         """Next row to write."""
         self.size = 0
@@ -147,18 +168,33 @@ class ReplayBuffer:
     ) -> None:
         """Append one vector step (one row per environment)."""
         n = obs.shape[0]
-        scalars = torch.from_numpy(
-            np.stack([rewards, terminated, truncated], axis=1).astype(np.float32, copy=False)
-        ).to(self.device, non_blocking=True)
-        if self.pos + n <= self.capacity:
-            rows: slice | torch.Tensor = slice(self.pos, self.pos + n)
-        else:  # wraps around the end
-            rows = torch.arange(self.pos, self.pos + n, device=self.device) % self.capacity
-        self.obs[rows] = obs
-        self.next_obs[rows] = next_obs
-        self.actions[rows] = actions
-        self.scalars[rows] = scalars
-        self.pos = (self.pos + n) % self.capacity
+        end = self.pos + n
+        wraps = end > self.capacity  # then the rows wrap around the end
+        if self._host is not None:
+            at: slice | np.ndarray = (
+                np.arange(self.pos, end) % self.capacity if wraps else slice(self.pos, end)
+            )
+            host_obs, host_next_obs, host_actions, host_scalars = self._host
+            host_obs[at] = obs.numpy()
+            host_next_obs[at] = next_obs.numpy()
+            host_actions[at] = actions.numpy()
+            host_scalars[at, 0] = rewards
+            host_scalars[at, 1] = terminated
+            host_scalars[at, 2] = truncated
+        else:
+            scalars = torch.from_numpy(
+                np.stack([rewards, terminated, truncated], axis=1).astype(np.float32, copy=False)
+            ).to(self.device, non_blocking=True)
+            rows: slice | torch.Tensor = (
+                torch.arange(self.pos, end, device=self.device) % self.capacity
+                if wraps
+                else slice(self.pos, end)
+            )
+            self.obs[rows] = obs
+            self.next_obs[rows] = next_obs
+            self.actions[rows] = actions
+            self.scalars[rows] = scalars
+        self.pos = end % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def collect(self, stepper: EnvStepper, action: torch.Tensor, env_action: np.ndarray) -> None:

@@ -30,10 +30,15 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVector
     Same-step autoreset: when a sub-env's episode ends, the returned observation is
     already the next episode's first, and the last one is in ``info["final_obs"]``,
     so truncated episodes can still be bootstrapped from it.
+
+    ``copy=False``: the observations returned are the vector env's own array, which
+    the next step overwrites (:class:`EnvStepper` copies them once, as it converts
+    them; gymnasium's ``deepcopy`` of every step costs more than that copy).
     """
     envs = gym.vector.SyncVectorEnv(
         [lambda: gym.make(env_id) for _ in range(num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        copy=False,
     )
     envs.action_space.seed(seed)
     envs.single_action_space.seed(seed)
@@ -163,6 +168,7 @@ class EnvStepper:
         The observations are ``(num_envs, obs_size)`` on the device.
         """
         raw, _ = self._envs.reset(seed=seed)
+        raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self._episodes.restart()
         self.obs = obs_to_tensor(raw, self._space, self._device)
         return self.obs
@@ -179,11 +185,12 @@ class EnvStepper:
         first where one ended).
         """
         raw, reward, terminated, truncated, infos = self._envs.step(actions)
+        raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self.steps += self.step_size
         done = terminated | truncated
         self._episodes.update(reward, done, self.steps)
         if done.any():
-            real_next = np.array(raw, copy=True)
+            real_next = raw.copy()
             for i in np.flatnonzero(done):
                 real_next[i] = infos["final_obs"][i]
             next_obs = obs_to_tensor(real_next, self._space, self._device)
