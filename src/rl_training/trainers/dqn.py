@@ -100,20 +100,21 @@ class DQNTrainer:
                 with torch.no_grad():
                     next_q = self.q_target(batches.next_obs).max(-1).values
                     targets = batches.rewards + (1 - batches.terminations) * hp.gamma * next_q
+                    targets = targets.unsqueeze(-1)
+                    taken = nn.functional.one_hot(batches.actions, self.n_actions).float()
                 for i in range(n):
                     # The Huber loss (smooth L1, mean over the batch) of the taken
                     # actions' Q-values, its gradient written out: clamp(error, -1, 1) / B
+                    # at the taken actions (``taken`` is their one-hot), 0 elsewhere
                     q_all, inputs = self.q_net.forward_saving(batches.obs[i])
-                    actions = batches.actions[i].unsqueeze(-1)
-                    q = q_all.gather(-1, actions).squeeze(-1)
-                    error = (q - targets[i]).clamp_(-1.0, 1.0).div_(hp.batch_size)
-                    grad_q = torch.zeros_like(q_all).scatter_(-1, actions, error.unsqueeze(-1))
-                    self.q_net.backward_(inputs, grad_q)
+                    grad_q = (q_all - targets[i]).clamp_(-1.0, 1.0).div_(hp.batch_size)
+                    self.q_net.backward_(inputs, grad_q.mul_(taken[i]))
                     self.optimizer.apply_gradient(hp.max_grad_norm)
                     self.n_updates += 1
                 done += n
+            q = q_all.gather(-1, batches.actions[n - 1].unsqueeze(-1)).squeeze(-1)
             self.train_values = {
-                "loss/q": nn.functional.smooth_l1_loss(q, targets[n - 1]),
+                "loss/q": nn.functional.smooth_l1_loss(q, targets[n - 1].squeeze(-1)),
                 "train/q_mean": q.mean(),
                 "train/n_updates": self.n_updates,
             }
