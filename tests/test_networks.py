@@ -67,3 +67,50 @@ def test_written_out_backward_is_autograds(activation):
     net(x).backward(grad_out)
     torch.testing.assert_close(written, flat.grad)
     assert written.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("out_dim", "product_head"), [(1, True), (1, False), (3, False)])
+def test_ensemble_written_out_backward_is_autograds(out_dim, product_head):
+    from rl_training.trainers.optim import flatten_parameters
+
+    torch.manual_seed(3)
+    net = EnsembleMLP(2, 5, (16, 8), out_dim, product_head=product_head)
+    flat = flatten_parameters([net])
+    x = torch.randn(32, 5)
+    grad_out = torch.randn(2, 32, out_dim)
+
+    out, inputs = net.forward_saving(x)
+    torch.testing.assert_close(out, net(x))
+    assert not out.requires_grad
+    flat.grad.fill_(7.0)  # written, not accumulated: stale values must not survive
+    net.backward_(inputs, grad_out)
+    written = flat.grad.clone()
+
+    flat.grad.zero_()
+    net(x).backward(grad_out)
+    torch.testing.assert_close(written, flat.grad)
+    # each member's gradient is its own: the second member's output gradient at zero
+    # leaves its parameters' gradients at zero
+    grad_out[1] = 0.0
+    net.backward_(inputs, grad_out)
+    assert all(p.grad[1].abs().sum() == 0 for p in net.parameters())
+    assert all(p.grad[0].abs().sum() > 0 for p in net.parameters())
+
+
+def test_twin_critic_written_out_critic_loss_gradient_is_autograds():
+    from rl_training.trainers.networks import TwinCritic
+    from rl_training.trainers.optim import flatten_parameters
+
+    torch.manual_seed(4)
+    critic = TwinCritic(3, 1, (16, 8))
+    flat = flatten_parameters([critic])
+    obs, action, target = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1, torch.randn(64)
+
+    q, inputs = critic.forward_saving(obs, action)
+    assert q.shape == (2, 64)
+    critic.backward_(inputs, (q - target) * (2.0 / 64))  # TD3's critic loss gradient
+    written = flat.grad.clone()
+
+    flat.grad.zero_()
+    (critic(obs, action) - target).square().mean(1).sum().backward()
+    torch.testing.assert_close(written, flat.grad)

@@ -152,9 +152,13 @@ class SACTrainer:
 
             # Optimise the critics, then the actor through the just-updated critics
             # (eq. 7), their weights detached
-            q = critic(batch.obs, batch.actions)
-            critic_loss = 0.5 * (q - target_q).square().mean(1).sum()
-            self.critic_opt.step(critic_loss)
+            # (half the sum over the twins of the mean squared error: gradient
+            # (q - target) / B, written out)
+            q, inputs = critic.forward_saving(batch.obs, batch.actions)
+            error = q - target_q
+            critic.backward_(inputs, error / hp.batch_size)
+            self.critic_opt.apply_gradient()
+            critic_loss = 0.5 * error.square().mean(1).sum()
             q_pi = critic(batch.obs, pi_action, detach=True).min(0).values
             actor_loss = (alpha * logp - q_pi).mean()
             self.actor_opt.step(actor_loss)

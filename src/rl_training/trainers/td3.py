@@ -106,10 +106,13 @@ class TD3Trainer:
                 next_q = self.critic_target(batch.next_obs, next_action).min(0).values
                 target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * next_q
 
-            # Optimise the critics
-            q = critic(batch.obs, batch.actions)
-            critic_loss = (q - target_q).square().mean(1).sum()
-            self.critic_opt.step(critic_loss)
+            # Optimise the critics: sum over the twins of the mean squared error, its
+            # gradient 2 (q - target) / B written out
+            q, inputs = critic.forward_saving(batch.obs, batch.actions)
+            error = q - target_q
+            critic.backward_(inputs, error * (2.0 / hp.batch_size))
+            self.critic_opt.apply_gradient()
+            critic_loss = error.square().mean(1).sum()
             self.n_updates += 1
             self.train_values.update(
                 {"loss/q": critic_loss.detach(), "train/n_updates": self.n_updates}
