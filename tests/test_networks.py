@@ -28,7 +28,8 @@ def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim, product_head):
     reference = torch.stack([_member_reference(net, x, k) for k in range(2)])
     torch.testing.assert_close(out, reference)
     for k in range(2):
-        torch.testing.assert_close(net.member(x, k), reference[k])
+        member, _ = net.member_saving(x, k)
+        torch.testing.assert_close(member, reference[k])
 
     grads = torch.autograd.grad(out.square().sum(), net.weights + net.biases)
     ref_grads = torch.autograd.grad(reference.square().sum(), net.weights + net.biases)
@@ -114,3 +115,32 @@ def test_twin_critic_written_out_critic_loss_gradient_is_autograds():
     flat.grad.zero_()
     (critic(obs, action) - target).square().mean(1).sum().backward()
     torch.testing.assert_close(written, flat.grad)
+
+
+def test_td3_actor_gradient_through_q1_written_out_is_autograds():
+    # TD3's actor loss -mean Q1(s, mu(s)), the critic's weights fixed: the written-out
+    # gradient reaches the actor's parameters exactly as autograd's, and none the critic's
+    from rl_training.trainers.networks import TwinCritic
+    from rl_training.trainers.optim import flatten_parameters
+    from rl_training.trainers.td3 import DeterministicActor
+
+    torch.manual_seed(5)
+    actor, critic = DeterministicActor(3, 2, (16, 8)), TwinCritic(3, 2, (16, 8))
+    actor_flat, critic_flat = flatten_parameters([actor]), flatten_parameters([critic])
+    obs = torch.randn(64, 3)
+
+    action, actor_inputs = actor.forward_saving(obs)
+    torch.testing.assert_close(action, actor(obs))
+    q1, critic_inputs = critic.q1_saving(obs, action)
+    torch.testing.assert_close(q1, critic(obs, action)[0])
+    grad_action = critic.q1_action_grad(critic_inputs, torch.full_like(q1, -1.0 / 64))
+    assert grad_action.shape == (64, 2)
+    actor.backward_(actor_inputs, action, grad_action)
+    written = actor_flat.grad.clone()
+    assert written.abs().sum() > 0
+    assert critic_flat.grad.abs().sum() == 0  # the critic's weights are held fixed
+
+    actor_flat.grad.zero_()
+    (-critic(obs, actor(obs), detach=True)[0].mean()).backward()
+    torch.testing.assert_close(written, actor_flat.grad)
+    assert critic_flat.grad.abs().sum() == 0

@@ -216,17 +216,33 @@ class EnsembleMLP(nn.Module):
                         g = torch.bmm(g, w.transpose(1, 2))
                     g = activation_backward(g, x)
 
-    def member(self, x: torch.Tensor, index: int, *, detach: bool = False) -> torch.Tensor:
-        """Member ``index`` alone, ``(batch, out)``: no work spent on the others."""
+    def member_saving(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Member ``index`` alone, ``(batch, out)`` (no work spent on the others), without
+        an autograd graph, and each layer's input, for :meth:`member_input_grad`."""
+        inputs = []
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            w_i, b_i = w[index], b[index, 0]
-            if detach:
-                w_i, b_i = w_i.detach(), b_i.detach()
-            x = torch.addmm(b_i, x, w_i)
-            if i < last:
-                x = self.activation(x)
-        return x
+        with torch.no_grad():
+            for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+                inputs.append(x)
+                x = torch.addmm(b[index, 0], x, w[index])
+                if i < last:
+                    x = self.activation(x)
+        return x, inputs
+
+    def member_input_grad(
+        self, inputs: Sequence[torch.Tensor], index: int, grad_out: torch.Tensor
+    ) -> torch.Tensor:
+        """The gradient at the input of :meth:`member_saving` from ``grad_out`` at its
+        output, the weights held fixed (nothing is written to their ``.grad``): how a
+        loss through a critic moves the action (TD3's actor loss)."""
+        activation_backward = _BACKWARD_FROM_OUTPUT[self.activation]
+        g = grad_out
+        with torch.no_grad():
+            for i in range(len(self.weights) - 1, -1, -1):
+                g = torch.mm(g, self.weights[i][index].t())
+                if i > 0:  # inputs[i] is the previous layer's activation output
+                    g = activation_backward(g, inputs[i])
+        return g
 
 
 class TwinCritic(nn.Module):
@@ -245,6 +261,7 @@ class TwinCritic(nn.Module):
         product_head: bool = False,
     ) -> None:
         super().__init__()
+        self.obs_size = obs_size
         self.q = EnsembleMLP(2, obs_size + action_size, net_arch, 1, product_head=product_head)
 
     def forward(
@@ -267,9 +284,19 @@ class TwinCritic(nn.Module):
         Q-values of :meth:`forward_saving`."""
         self.q.backward_(inputs, grad_q.unsqueeze(-1))
 
-    def q1(self, obs: torch.Tensor, action: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
-        """Q1 alone, ``(batch,)`` (TD3's actor loss needs only it)."""
-        return self.q.member(torch.cat([obs, action], dim=-1), 0, detach=detach).squeeze(-1)
+    def q1_saving(
+        self, obs: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Q1 alone, ``(batch,)`` (TD3's actor loss needs only it), without an autograd
+        graph, and what :meth:`q1_action_grad` needs."""
+        q, inputs = self.q.member_saving(torch.cat([obs, action], dim=-1), 0)
+        return q.squeeze(-1), inputs
+
+    def q1_action_grad(self, inputs: Sequence[torch.Tensor], grad_q: torch.Tensor) -> torch.Tensor:
+        """The gradient at the action of :meth:`q1_saving` from ``grad_q`` ``(batch,)``
+        at Q1, the critic's weights held fixed."""
+        grad_in = self.q.member_input_grad(inputs, 0, grad_q.unsqueeze(-1))
+        return grad_in[:, self.obs_size :]
 
 
 class ActorCritic(nn.Module):

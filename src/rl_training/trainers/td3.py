@@ -43,6 +43,18 @@ class DeterministicActor(nn.Module):
         """The action for each observation."""
         return torch.tanh(self.net(obs))
 
+    def forward_saving(self, obs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The actions without an autograd graph, and what :meth:`backward_` needs."""
+        out, inputs = self.net.forward_saving(obs)
+        return torch.tanh(out), inputs
+
+    def backward_(
+        self, inputs: list[torch.Tensor], action: torch.Tensor, grad_action: torch.Tensor
+    ) -> None:
+        """Write the gradients from ``grad_action`` at the ``action`` of
+        :meth:`forward_saving` (through the tanh, then the MLP)."""
+        self.net.backward_(inputs, torch.ops.aten.tanh_backward(grad_action, action))
+
 
 class TD3Trainer:
     """TD3 on a session: one vector step per iteration, a training phase when due."""
@@ -118,10 +130,16 @@ class TD3Trainer:
                 {"loss/q": critic_loss.detach(), "train/n_updates": self.n_updates}
             )
 
-            # Delayed actor and target updates: maximise Q1(s, mu(s))
+            # Delayed actor and target updates: maximise Q1(s, mu(s)), the gradient of
+            # -mean(Q1) written out through the critic (its weights fixed) into the actor
             if self.n_updates % hp.policy_delay == 0:
-                actor_loss = -critic.q1(batch.obs, actor(batch.obs), detach=True).mean()
-                self.actor_opt.step(actor_loss)
+                action, actor_inputs = actor.forward_saving(batch.obs)
+                q1, critic_inputs = critic.q1_saving(batch.obs, action)
+                grad_q1 = torch.full_like(q1, -1.0 / hp.batch_size)
+                grad_action = critic.q1_action_grad(critic_inputs, grad_q1)
+                actor.backward_(actor_inputs, action, grad_action)
+                self.actor_opt.apply_gradient()
+                actor_loss = -q1.mean()
                 soft_update(self.critic_target_params, self.critic_opt.param, hp.tau)
                 soft_update(self.actor_target_params, self.actor_opt.param, hp.tau)
                 self.train_values["loss/actor"] = actor_loss.detach()
