@@ -161,10 +161,24 @@ class EnsembleMLP(nn.Module):
         ``detach=True`` uses the weights without tracking them, for a loss that must
         move only the input (the actor's loss through the critics).
         """
+        return self._layers(x, detach, None)
+
+    def forward_saving(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward` without an autograd graph, and each layer's input, for
+        :meth:`backward_` (as :meth:`MLP.forward_saving`)."""
+        inputs: list[torch.Tensor] = []
+        with torch.no_grad():
+            return self._layers(x, False, inputs), inputs
+
+    def _layers(
+        self, x: torch.Tensor, detach: bool, inputs: list[torch.Tensor] | None
+    ) -> torch.Tensor:
         h = x.unsqueeze(0).expand(self.n, *x.shape)
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             w, b = (weight.detach(), bias.detach()) if detach else (weight, bias)
+            if inputs is not None:
+                inputs.append(h)
             if i < last:
                 h = self.activation(torch.baddbmm(b, h, w))
             elif self.product_head:
@@ -172,23 +186,6 @@ class EnsembleMLP(nn.Module):
             else:
                 h = torch.baddbmm(b, h, w)
         return h
-
-    def forward_saving(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """:meth:`forward` without an autograd graph, and each layer's input, for
-        :meth:`backward_` (as :meth:`MLP.forward_saving`)."""
-        inputs = []
-        with torch.no_grad():
-            h = x.unsqueeze(0).expand(self.n, *x.shape)
-            last = len(self.weights) - 1
-            for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-                inputs.append(h)
-                if i < last:
-                    h = self.activation(torch.baddbmm(b, h, w))
-                elif self.product_head:
-                    h = (h * w.transpose(1, 2)).sum(-1, keepdim=True) + b
-                else:
-                    h = torch.baddbmm(b, h, w)
-        return h, inputs
 
     def backward_(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> None:
         """Write every member's gradients (into the parameters' ``.grad``, which must
