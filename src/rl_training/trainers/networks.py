@@ -201,16 +201,14 @@ class EnsembleMLP(nn.Module):
             for i in range(last, -1, -1):
                 w, b, x = self.weights[i], self.biases[i], inputs[i]
                 assert w.grad is not None and b.grad is not None
-                if i == last and self.product_head:  # h @ w as a product and a sum
+                product = i == last and self.product_head  # h @ w as a product and a sum
+                if product:
                     w.grad.copy_((x * g).sum(1).unsqueeze(-1))
                 else:
                     torch.bmm(x.transpose(1, 2), g, out=w.grad)
                 torch.sum(g, 1, keepdim=True, out=b.grad)
                 if i > 0:  # x is the previous layer's activation output
-                    if i == last and self.product_head:
-                        g = g * w.transpose(1, 2)
-                    else:
-                        g = torch.bmm(g, w.transpose(1, 2))
+                    g = g * w.transpose(1, 2) if product else torch.bmm(g, w.transpose(1, 2))
                     g = activation_backward(g, x)
 
     def member_saving(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:

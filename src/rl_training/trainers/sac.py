@@ -150,10 +150,9 @@ class SACTrainer:
                     next_q - alpha * next_logp
                 )
 
-            # Optimise the critics, then the actor through the just-updated critics
-            # (eq. 7), their weights detached
-            # (half the sum over the twins of the mean squared error: gradient
-            # (q - target) / B, written out)
+            # Optimise the critics (half the sum over the twins of the mean squared
+            # error; its gradient (q - target) / B written out), then the actor through
+            # the just-updated critics (eq. 7), their weights detached
             q, inputs = critic.forward_saving(batch.obs, batch.actions)
             error = q - target_q
             critic.backward_(inputs, error / hp.batch_size)

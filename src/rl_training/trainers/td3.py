@@ -126,9 +126,7 @@ class TD3Trainer:
             self.critic_opt.apply_gradient()
             critic_loss = error.square().mean(1).sum()
             self.n_updates += 1
-            self.train_values.update(
-                {"loss/q": critic_loss.detach(), "train/n_updates": self.n_updates}
-            )
+            self.train_values.update({"loss/q": critic_loss, "train/n_updates": self.n_updates})
 
             # Delayed actor and target updates: maximise Q1(s, mu(s)), the gradient of
             # -mean(Q1) written out through the critic (its weights fixed) into the actor
@@ -142,7 +140,7 @@ class TD3Trainer:
                 actor_loss = -q1.mean()
                 soft_update(self.critic_target_params, self.critic_opt.param, hp.tau)
                 soft_update(self.actor_target_params, self.actor_opt.param, hp.tau)
-                self.train_values["loss/actor"] = actor_loss.detach()
+                self.train_values["loss/actor"] = actor_loss
 
         # Log
         return self.train_values
