@@ -144,3 +144,38 @@ def test_td3_actor_gradient_through_q1_written_out_is_autograds():
     (-critic(obs, actor(obs), detach=True)[0].mean()).backward()
     torch.testing.assert_close(written, actor_flat.grad)
     assert critic_flat.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "ensemble"])
+def test_forwards_outside_autograd_reuse_scratch_without_touching_results(kind):
+    """Outside autograd the hidden layers write into tensors kept from call to call:
+    the values are autograd's, results handed out are never overwritten by a later
+    call (of another batch size, or after inference mode), and a second call's hidden
+    outputs are the first call's memory."""
+    from rl_training.trainers.networks import MLP
+
+    torch.manual_seed(3)
+    net = (
+        MLP(5, (16, 8), 3, activation=torch.relu)
+        if kind == "mlp"
+        else EnsembleMLP(2, 5, (16, 8), 1)
+    )
+    x, x2, y = torch.randn(32, 5), torch.randn(32, 5), torch.randn(7, 5)
+    want_x, want_x2, want_y = (net(v).detach() for v in (x, x2, y))  # autograd: no scratch
+    assert not net.scratch._tensors
+    with torch.no_grad():
+        got_x = net(x)
+        kept = {key: t.data_ptr() for key, t in net.scratch._tensors.items()}
+        assert kept  # the hidden outputs went to scratch
+        got_x2 = net(x2)  # the same shape: the same scratch tensors
+        got_y = net(y)
+        got_x_again = net(x)
+    with torch.inference_mode():  # not reusable: tensors made here stay read-only after
+        got_inference = net(x)
+    with torch.no_grad():
+        after_inference = net(x)
+    for got in (got_x, got_x_again, got_inference, after_inference):
+        torch.testing.assert_close(got, want_x, rtol=0, atol=0)
+    torch.testing.assert_close(got_x2, want_x2, rtol=0, atol=0)
+    torch.testing.assert_close(got_y, want_y, rtol=0, atol=0)
+    assert all(net.scratch._tensors[key].data_ptr() == ptr for key, ptr in kept.items())
