@@ -179,3 +179,39 @@ def test_forwards_outside_autograd_reuse_scratch_without_touching_results(kind):
     torch.testing.assert_close(got_x2, want_x2, rtol=0, atol=0)
     torch.testing.assert_close(got_y, want_y, rtol=0, atol=0)
     assert all(net.scratch._tensors[key].data_ptr() == ptr for key, ptr in kept.items())
+
+
+def test_sac_actor_gradient_through_both_critics_written_out_is_autograds():
+    # SAC's actor loss mean(alpha logp - min(Q1, Q2)) at a sampled action, the critics'
+    # weights fixed: the written-out gradient (through the smaller twin of each sample,
+    # the tanh squashing, the sample and the log_std clamp) is autograd's, the same
+    # draws are taken, and the critics' gradient is left alone
+    from rl_training.trainers.networks import TwinCritic
+    from rl_training.trainers.optim import flatten_parameters
+    from rl_training.trainers.sac import SquashedGaussianActor
+
+    torch.manual_seed(6)
+    actor = SquashedGaussianActor(3, 2, (16, 8))
+    critic = TwinCritic(3, 2, (16, 8), product_head=True)
+    with torch.no_grad():  # some log_std outside the clamp, to check its gradient mask
+        actor.net.linears[-1].bias[2:] = torch.tensor([4.0, -1.0])
+    actor_flat, critic_flat = flatten_parameters([actor]), flatten_parameters([critic])
+    obs, alpha = torch.randn(64, 3), torch.tensor(0.3)
+
+    action, logp, saved = actor.forward_saving(obs, torch.Generator().manual_seed(0))
+    want_action, want_logp = actor(obs, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(action, want_action.detach())
+    torch.testing.assert_close(logp, want_logp.detach())
+    assert (saved.log_std_raw > 2.0).any()
+    q, inputs = critic.forward_saving(obs, action)
+    smaller = q.min(0).indices
+    grad_q = torch.zeros_like(q).scatter_(0, smaller.unsqueeze(0), -1.0 / 64)
+    actor.backward_(saved, critic.action_grad(inputs, grad_q), alpha / 64)
+    written = actor_flat.grad.clone()
+    assert written.abs().sum() > 0
+
+    actor_flat.grad.zero_()
+    q_pi = critic(obs, want_action, detach=True).min(0).values
+    (alpha * want_logp - q_pi).mean().backward()
+    torch.testing.assert_close(written, actor_flat.grad)
+    assert critic_flat.grad.abs().sum() == 0

@@ -281,6 +281,27 @@ class EnsembleMLP(nn.Module):
                         g = torch.bmm(g, w.transpose(1, 2), out=out)
                     g = activation_backward(g, x)
 
+    def input_grad(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> torch.Tensor:
+        """The gradient at the input ``(batch, in)`` of :meth:`forward_saving` from
+        ``grad_out`` ``(n, batch, out)`` at its output, summed over the members, the
+        weights held fixed (nothing is written to their ``.grad``): how a loss through
+        the critics moves the action (SAC's actor loss)."""
+        activation_backward = _BACKWARD_FROM_OUTPUT[self.activation]
+        g, last = grad_out, len(self.weights) - 1
+        with torch.no_grad():
+            for i in range(last, -1, -1):
+                w, x = self.weights[i], inputs[i]
+                if i == last and self.product_head:
+                    g = g * w.transpose(1, 2)
+                elif i > 0:
+                    out = self.scratch("input backward", i, x.shape, x)
+                    g = torch.bmm(g, w.transpose(1, 2), out=out)
+                else:
+                    g = torch.bmm(g, w.transpose(1, 2))
+                if i > 0:  # x is the previous layer's activation output
+                    g = activation_backward(g, x)
+        return g.sum(0)
+
     def member_saving(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Member ``index`` alone, ``(batch, out)`` (no work spent on the others), without
         an autograd graph, and each layer's input, for :meth:`member_input_grad`."""
@@ -353,6 +374,11 @@ class TwinCritic(nn.Module):
         """Write the gradients from ``grad_q`` ``(2, batch)``, the loss's gradient at the
         Q-values of :meth:`forward_saving`."""
         self.q.backward_(inputs, grad_q.unsqueeze(-1))
+
+    def action_grad(self, inputs: Sequence[torch.Tensor], grad_q: torch.Tensor) -> torch.Tensor:
+        """The gradient at the action of :meth:`forward_saving` from ``grad_q``
+        ``(2, batch)`` at the Q-values, the critic's weights held fixed."""
+        return self.q.input_grad(inputs, grad_q.unsqueeze(-1))[:, self.obs_size :]
 
     def q1_saving(
         self, obs: torch.Tensor, action: torch.Tensor

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -64,6 +64,52 @@ class SquashedGaussianActor(nn.Module):
         log_prob = (-0.5 * noise.square() - log_std - _LOG_SQRT_2PI).sum(-1)
         log_prob = log_prob - torch.log1p(-action.square() + 1e-6).sum(-1)
         return action, log_prob
+
+    def forward_saving(
+        self, obs: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, _ActorSaved]:
+        """:meth:`forward` with a generator (the same draws), without an autograd
+        graph, and what :meth:`backward_` needs."""
+        out, inputs = self.net.forward_saving(obs)
+        with torch.no_grad():
+            mean, log_std_raw = out[..., : self.action_size], out[..., self.action_size :]
+            log_std = log_std_raw.clamp(LOG_STD_MIN, LOG_STD_MAX)
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+            std = log_std.exp()
+            action = torch.tanh(mean + noise * std)
+            log_prob = (-0.5 * noise.square() - log_std - _LOG_SQRT_2PI).sum(-1)
+            log_prob = log_prob - torch.log1p(-action.square() + 1e-6).sum(-1)
+        return action, log_prob, _ActorSaved(inputs, log_std_raw, noise, std, action)
+
+    def backward_(
+        self, saved: _ActorSaved, grad_action: torch.Tensor, grad_log_prob: torch.Tensor
+    ) -> None:
+        """Write the gradients (into the parameters' ``.grad``) of a loss whose gradient
+        is ``grad_action`` at the action and ``grad_log_prob`` (``(batch, 1)``, or a
+        number for every sample) at the log-probability of :meth:`forward_saving`:
+        through the tanh's change of variables, the reparameterised sample, the clamp
+        and the MLP."""
+        a = saved.action
+        with torch.no_grad():
+            # log_prob's -log1p(-a^2 + 1e-6) term (its argument as the forward rounds it:
+            # near a = +-1 the order matters), then the tanh: gradient at u
+            grad_a = grad_action + grad_log_prob * 2 * a / (-a.square() + 1e-6 + 1)
+            grad_u = torch.ops.aten.tanh_backward(grad_a, a)
+            # u = mean + noise * exp(log_std); log_prob's -log_std term; the clamp
+            grad_log_std = grad_u * saved.noise * saved.std - grad_log_prob
+            inside = (saved.log_std_raw >= LOG_STD_MIN) & (saved.log_std_raw <= LOG_STD_MAX)
+            grad_out = torch.cat([grad_u, grad_log_std * inside], dim=-1)
+        self.net.backward_(saved.inputs, grad_out)
+
+
+class _ActorSaved(NamedTuple):
+    """What :meth:`SquashedGaussianActor.backward_` needs from its forward."""
+
+    inputs: list[torch.Tensor]
+    log_std_raw: torch.Tensor
+    noise: torch.Tensor
+    std: torch.Tensor
+    action: torch.Tensor
 
 
 class Temperature(nn.Module):
@@ -136,9 +182,9 @@ class SACTrainer:
             alpha = log_alpha.detach().exp()
 
             # Temperature (SAC v2, eq. 18), from the current policy's log-probs
-            pi_action, logp = actor(batch.obs, g)
+            pi_action, logp, actor_saved = actor.forward_saving(batch.obs, g)
             if self.alpha_opt is not None:
-                alpha_loss = -(log_alpha * (logp.detach() + self.target_entropy)).mean()
+                alpha_loss = -(log_alpha * (logp + self.target_entropy)).mean()
                 self.alpha_opt.step(alpha_loss)
                 self.train_values["loss/alpha"] = alpha_loss.detach()
 
@@ -158,9 +204,15 @@ class SACTrainer:
             critic.backward_(inputs, error / hp.batch_size)
             self.critic_opt.apply_gradient()
             critic_loss = 0.5 * error.square().mean(1).sum()
-            q_pi = critic(batch.obs, pi_action, detach=True).min(0).values
+            # The actor's loss mean(alpha logp - min Q), its gradient written out: -1/B
+            # at the smaller twin of each sample, alpha/B at each log-probability
+            q, inputs = critic.forward_saving(batch.obs, pi_action)
+            q_pi, smaller = q.min(0)
+            grad_q = torch.zeros_like(q).scatter_(0, smaller.unsqueeze(0), -1.0 / hp.batch_size)
+            grad_action = critic.action_grad(inputs, grad_q)
+            actor.backward_(actor_saved, grad_action, alpha / hp.batch_size)
+            self.actor_opt.apply_gradient()
             actor_loss = (alpha * logp - q_pi).mean()
-            self.actor_opt.step(actor_loss)
 
             soft_update(self.target_params, self.critic_opt.param, hp.tau)
             self.n_updates += 1
