@@ -116,14 +116,18 @@ def one_run(
     return lib, algo, seed, score, time.perf_counter() - start
 
 
-def describe(scores: list[float]) -> str:
+def describe(scores: list[float], worst_bar: float) -> str:
+    """Median, worst seed, IQM with its CI, and how many seeds clear the worst-seed bar
+    (the success rate: over many seeds, the steadier comparison of two libraries)."""
     from rl_training.report import bootstrap_ci, iqm
 
     values = np.array(scores)
     low, high = bootstrap_ci(values, iqm)
     middle = float(iqm(values))
+    cleared = int((values >= worst_bar).sum())
     return (f"median {statistics.median(scores):8.1f}  worst {min(scores):8.1f}  "
-            f"IQM {middle:8.1f} [95% CI {float(low):.1f}, {float(high):.1f}]")  # fmt: skip
+            f"IQM {middle:8.1f} [95% CI {float(low):.1f}, {float(high):.1f}]  "
+            f">= {worst_bar:g}: {cleared}/{len(scores)}")  # fmt: skip
 
 
 def main() -> None:
@@ -163,7 +167,7 @@ def main() -> None:
                                            for lib in args.libs))  # fmt: skip
         scores = {lib: [results[(lib, algo, s)][0] for s in args.seeds] for lib in args.libs}
         for lib in args.libs:
-            print(f"  {lib:4}  {describe(scores[lib])}")
+            print(f"  {lib:4}  {describe(scores[lib], worst_bar)}")
         if "ours" in scores:
             ours = scores["ours"]
             yes = {True: "yes", False: "NO"}
