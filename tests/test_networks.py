@@ -98,12 +98,13 @@ def test_ensemble_written_out_backward_is_autograds(out_dim, product_head):
     assert all(p.grad[0].abs().sum() > 0 for p in net.parameters())
 
 
-def test_twin_critic_written_out_critic_loss_gradient_is_autograds():
+@pytest.mark.parametrize("product_head", [True, False])
+def test_twin_critic_written_out_critic_loss_gradient_is_autograds(product_head):
     from rl_training.trainers.networks import TwinCritic
     from rl_training.trainers.optim import flatten_parameters
 
     torch.manual_seed(4)
-    critic = TwinCritic(3, 1, (16, 8))
+    critic = TwinCritic(3, 1, (16, 8), product_head=product_head)
     flat = flatten_parameters([critic])
     obs, action, target = torch.randn(64, 3), torch.rand(64, 1) * 2 - 1, torch.randn(64)
 
@@ -117,7 +118,8 @@ def test_twin_critic_written_out_critic_loss_gradient_is_autograds():
     torch.testing.assert_close(written, flat.grad)
 
 
-def test_td3_actor_gradient_through_q1_written_out_is_autograds():
+@pytest.mark.parametrize("product_head", [True, False])
+def test_td3_actor_gradient_through_q1_written_out_is_autograds(product_head):
     # TD3's actor loss -mean Q1(s, mu(s)), the critic's weights fixed: the written-out
     # gradient reaches the actor's parameters exactly as autograd's, and none the critic's
     from rl_training.trainers.networks import TwinCritic
@@ -125,7 +127,8 @@ def test_td3_actor_gradient_through_q1_written_out_is_autograds():
     from rl_training.trainers.td3 import DeterministicActor
 
     torch.manual_seed(5)
-    actor, critic = DeterministicActor(3, 2, (16, 8)), TwinCritic(3, 2, (16, 8))
+    actor = DeterministicActor(3, 2, (16, 8))
+    critic = TwinCritic(3, 2, (16, 8), product_head=product_head)
     actor_flat, critic_flat = flatten_parameters([actor]), flatten_parameters([critic])
     obs = torch.randn(64, 3)
 
