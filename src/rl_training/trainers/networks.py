@@ -274,12 +274,15 @@ class EnsembleMLP(nn.Module):
                     torch.bmm(x.transpose(1, 2), g, out=w.grad)
                 torch.sum(g, 1, keepdim=True, out=b.grad)
                 if i > 0:  # x is the previous layer's activation output
-                    if product:
-                        g = g * w.transpose(1, 2)
-                    else:
-                        out = self.scratch("backward", i, x.shape, x)
-                        g = torch.bmm(g, w.transpose(1, 2), out=out)
-                    g = activation_backward(g, x)
+                    g = activation_backward(self._to_input(i, g, x, "backward"), x)
+
+    def _to_input(self, i: int, g: torch.Tensor, x: torch.Tensor, role: str) -> torch.Tensor:
+        """The gradient ``g`` at layer ``i``'s output taken to its input ``x`` (before
+        the previous layer's activation), into :attr:`scratch` under ``role``."""
+        w = self.weights[i].transpose(1, 2)
+        if i == len(self.weights) - 1 and self.product_head:
+            return g * w
+        return torch.bmm(g, w, out=self.scratch(role, i, x.shape, x))
 
     def input_grad(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> torch.Tensor:
         """The gradient at the input ``(batch, in)`` of :meth:`forward_saving` from
@@ -287,20 +290,13 @@ class EnsembleMLP(nn.Module):
         weights held fixed (nothing is written to their ``.grad``): how a loss through
         the critics moves the action (SAC's actor loss)."""
         activation_backward = _BACKWARD_FROM_OUTPUT[self.activation]
-        g, last = grad_out, len(self.weights) - 1
+        g = grad_out
         with torch.no_grad():
-            for i in range(last, -1, -1):
-                w, x = self.weights[i], inputs[i]
-                if i == last and self.product_head:
-                    g = g * w.transpose(1, 2)
-                elif i > 0:
-                    out = self.scratch("input backward", i, x.shape, x)
-                    g = torch.bmm(g, w.transpose(1, 2), out=out)
-                else:
-                    g = torch.bmm(g, w.transpose(1, 2))
-                if i > 0:  # x is the previous layer's activation output
-                    g = activation_backward(g, x)
-        return g.sum(0)
+            for i in range(len(self.weights) - 1, -1, -1):
+                g = self._to_input(i, g, inputs[i], "input backward")
+                if i > 0:  # inputs[i] is the previous layer's activation output
+                    g = activation_backward(g, inputs[i])
+            return g.sum(0)  # a new tensor: the scratch is not handed out
 
     def member_saving(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Member ``index`` alone, ``(batch, out)`` (no work spent on the others), without
