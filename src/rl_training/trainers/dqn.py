@@ -107,12 +107,7 @@ class DQNTrainer:
                     targets = targets.unsqueeze(-1)
                     taken = nn.functional.one_hot(batches.actions, self.n_actions).float()
                 for i in range(n):
-                    # The Huber loss (smooth L1, mean over the batch) of the taken
-                    # actions' Q-values, its gradient written out: clamp(error, -1, 1) / B
-                    # at the taken actions (``taken`` is their one-hot), 0 elsewhere
-                    q_all, inputs = self.q_net.forward_saving(batches.obs[i])
-                    grad_q = (q_all - targets[i]).clamp_(-1.0, 1.0).div_(hp.batch_size)
-                    self.q_net.backward_(inputs, grad_q.mul_(taken[i]))
+                    q_all = self.write_q_gradient(batches.obs[i], targets[i], taken[i])
                     self.optimizer.apply_gradient(hp.max_grad_norm)
                     self.n_updates += 1
                 done += n
@@ -129,6 +124,29 @@ class DQNTrainer:
 
         # Log
         return {"train/epsilon": eps, **self.train_values}
+
+    def write_q_gradient(
+        self, obs: torch.Tensor, targets: torch.Tensor, taken: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the gradient of the Q-network's loss into its parameters' ``.grad``:
+
+            L(theta) = mean_b huber(Q_theta(s_b, a_b) - y_b)
+
+        the Huber loss (smooth L1, threshold 1, mean over the batch of B) of the taken
+        actions' Q-values against the targets ``y = r + gamma (1 - terminated)
+        max_a' Q_target(s', a')``. It is written out, not taken through autograd:
+        dL/dQ(s_b, .) = clamp(Q - y_b, -1, 1) / B at the taken action (``taken`` is
+        its one-hot, ``(B, n_actions)``), 0 elsewhere, then back through the MLP.
+        ``targets`` is ``(B, 1)``. To change the loss, change this method; the test
+        ``test_update_gradients`` checks it against autograd on the formula above.
+
+        Returns:
+            ``Q(s, .)`` of the batch, ``(B, n_actions)``.
+        """
+        q_all, inputs = self.q_net.forward_saving(obs)
+        grad_q = (q_all - targets).clamp_(-1.0, 1.0).div_(obs.shape[0])
+        self.q_net.backward_(inputs, grad_q.mul_(taken))
+        return q_all
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimiser, replay buffer, counters and the session's state."""

@@ -165,7 +165,7 @@ class SACTrainer:
         """One vector step of the policy (uniform at first); a training phase when due."""
         session, hp, stepper = self.session, self.session.hp, self.session.stepper
         g, device = session.generator, session.device
-        actor, critic, log_alpha = self.actor, self.critic, self.log_alpha
+        actor, log_alpha = self.actor, self.log_alpha
 
         # Collect: uniform random actions until learning_starts, then the policy
         if stepper.steps < hp.learning_starts:
@@ -196,21 +196,11 @@ class SACTrainer:
                     next_q - alpha * next_logp
                 )
 
-            # Optimise the critics (half the sum over the twins of the mean squared
-            # error; its gradient (q - target) / B written out), then the actor through
-            # the just-updated critics (eq. 7), their weights detached
-            q, inputs = critic.forward_saving(batch.obs, batch.actions)
-            error = q - target_q
-            critic.backward_(inputs, error / hp.batch_size)
+            # Optimise the critics, then the actor through the just-updated critics
+            error = self.write_critic_gradient(batch.obs, batch.actions, target_q)
             self.critic_opt.apply_gradient()
             critic_loss = 0.5 * error.square().mean(1).sum()
-            # The actor's loss mean(alpha logp - min Q), its gradient written out: -1/B
-            # at the smaller twin of each sample, alpha/B at each log-probability
-            q, inputs = critic.forward_saving(batch.obs, pi_action)
-            q_pi, smaller = q.min(0)
-            grad_q = torch.zeros_like(q).scatter_(0, smaller.unsqueeze(0), -1.0 / hp.batch_size)
-            grad_action = critic.action_grad(inputs, grad_q)
-            actor.backward_(actor_saved, grad_action, alpha / hp.batch_size)
+            q_pi = self.write_actor_gradient(batch.obs, pi_action, actor_saved, alpha)
             self.actor_opt.apply_gradient()
             actor_loss = (alpha * logp - q_pi).mean()
 
@@ -227,6 +217,55 @@ class SACTrainer:
             }
         )
         return self.train_values
+
+    def write_critic_gradient(
+        self, obs: torch.Tensor, actions: torch.Tensor, target_q: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the gradient of the critics' loss into their parameters' ``.grad``:
+
+            L(phi) = 1/2 sum_{i=1,2} mean_b (Q_phi_i(s_b, a_b) - y_b)^2
+
+        against the soft Bellman target (SAC paper, eq. 3 and 5) ``y = r + gamma
+        (1 - terminated) (min_i Q_target_i(s', a') - alpha log pi(a'|s'))``, ``a' ~
+        pi(.|s')`` (``target_q``, ``(B,)``). Written out: dL/dQ_i = (Q_i - y) / B, then
+        back through the twins. To change the loss, change this method;
+        ``test_update_gradients`` checks it against autograd on the formula above.
+
+        Returns:
+            ``Q_i(s, a) - y``, ``(2, B)``.
+        """
+        q, inputs = self.critic.forward_saving(obs, actions)
+        error = q - target_q
+        self.critic.backward_(inputs, error / obs.shape[0])
+        return error
+
+    def write_actor_gradient(
+        self, obs: torch.Tensor, pi_action: torch.Tensor, saved: _ActorSaved, alpha: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the gradient of the actor's loss into its parameters' ``.grad``:
+
+            L(theta) = mean_b (alpha log pi_theta(a_b|s_b) - min_i Q_phi_i(s_b, a_b)),
+            a_b = tanh(mean_theta(s_b) + eps_b std_theta(s_b))
+
+        (SAC paper, eq. 7, reparameterised; ``pi_action`` and ``saved`` come from
+        :meth:`SquashedGaussianActor.forward_saving` on ``obs``), through the critics
+        with their weights fixed (their ``.grad`` is left alone) and ``alpha`` held
+        constant. Written out: -1/B at the smaller twin of each sample and alpha/B at
+        each log-probability, back through the critics to the action, then through
+        the tanh's change of variables, the sample and the log-std clamp
+        (:meth:`SquashedGaussianActor.backward_`). ``test_update_gradients`` checks it
+        against autograd on the formula above.
+
+        Returns:
+            ``min_i Q_i(s, a)``, ``(B,)``.
+        """
+        batch_size = obs.shape[0]
+        q, inputs = self.critic.forward_saving(obs, pi_action)
+        q_pi, smaller = q.min(0)
+        grad_q = torch.zeros_like(q).scatter_(0, smaller.unsqueeze(0), -1.0 / batch_size)
+        grad_action = self.critic.action_grad(inputs, grad_q)
+        self.actor.backward_(saved, grad_action, alpha / batch_size)
+        return q_pi
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, temperature, replay buffer, counters, the session's state."""

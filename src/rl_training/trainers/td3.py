@@ -90,7 +90,7 @@ class TD3Trainer:
         """One vector step of mu(s) + noise (uniform at first); a training phase when due."""
         session, hp, stepper = self.session, self.session.hp, self.session.stepper
         g, device = session.generator, session.device
-        actor, critic = self.actor, self.critic
+        actor = self.actor
 
         # Collect: uniform random actions until learning_starts, then mu(s) + noise
         if stepper.steps < hp.learning_starts:
@@ -118,24 +118,16 @@ class TD3Trainer:
                 next_q = self.critic_target(batch.next_obs, next_action).min(0).values
                 target_q = batch.rewards + (1 - batch.terminations) * hp.gamma * next_q
 
-            # Optimise the critics: sum over the twins of the mean squared error, its
-            # gradient 2 (q - target) / B written out
-            q, inputs = critic.forward_saving(batch.obs, batch.actions)
-            error = q - target_q
-            critic.backward_(inputs, error * (2.0 / hp.batch_size))
+            # Optimise the critics
+            error = self.write_critic_gradient(batch.obs, batch.actions, target_q)
             self.critic_opt.apply_gradient()
             critic_loss = error.square().mean(1).sum()
             self.n_updates += 1
             self.train_values.update({"loss/q": critic_loss, "train/n_updates": self.n_updates})
 
-            # Delayed actor and target updates: maximise Q1(s, mu(s)), the gradient of
-            # -mean(Q1) written out through the critic (its weights fixed) into the actor
+            # Delayed actor and target updates
             if self.n_updates % hp.policy_delay == 0:
-                action, actor_inputs = actor.forward_saving(batch.obs)
-                q1, critic_inputs = critic.q1_saving(batch.obs, action)
-                grad_q1 = torch.full_like(q1, -1.0 / hp.batch_size)
-                grad_action = critic.q1_action_grad(critic_inputs, grad_q1)
-                actor.backward_(actor_inputs, action, grad_action)
+                q1 = self.write_actor_gradient(batch.obs)
                 self.actor_opt.apply_gradient()
                 actor_loss = -q1.mean()
                 soft_update(self.critic_target_params, self.critic_opt.param, hp.tau)
@@ -144,6 +136,47 @@ class TD3Trainer:
 
         # Log
         return self.train_values
+
+    def write_critic_gradient(
+        self, obs: torch.Tensor, actions: torch.Tensor, target_q: torch.Tensor
+    ) -> torch.Tensor:
+        """Write the gradient of the critics' loss into their parameters' ``.grad``:
+
+            L(phi) = sum_{i=1,2} mean_b (Q_phi_i(s_b, a_b) - y_b)^2
+
+        against the clipped double-Q target ``y = r + gamma (1 - terminated)
+        min_i Q_target_i(s', clip(mu_target(s') + clip(noise)))`` (``target_q``,
+        ``(B,)``). Written out: dL/dQ_i = 2 (Q_i - y) / B, then back through the twins.
+        To change the loss, change this method; ``test_update_gradients`` checks it
+        against autograd on the formula above.
+
+        Returns:
+            ``Q_i(s, a) - y``, ``(2, B)``.
+        """
+        q, inputs = self.critic.forward_saving(obs, actions)
+        error = q - target_q
+        self.critic.backward_(inputs, error * (2.0 / obs.shape[0]))
+        return error
+
+    def write_actor_gradient(self, obs: torch.Tensor) -> torch.Tensor:
+        """Write the gradient of the actor's loss into its parameters' ``.grad``:
+
+            L(theta) = -mean_b Q_phi_1(s_b, mu_theta(s_b))
+
+        through the first critic with its weights fixed (the critics' ``.grad`` is left
+        alone). Written out: dL/dQ1 = -1 / B, back through Q1 to the action, through
+        the tanh and the actor's MLP. ``test_update_gradients`` checks it against
+        autograd on the formula above.
+
+        Returns:
+            ``Q1(s, mu(s))``, ``(B,)``.
+        """
+        action, actor_inputs = self.actor.forward_saving(obs)
+        q1, critic_inputs = self.critic.q1_saving(obs, action)
+        grad_q1 = torch.full_like(q1, -1.0 / obs.shape[0])
+        grad_action = self.critic.q1_action_grad(critic_inputs, grad_q1)
+        self.actor.backward_(actor_inputs, action, grad_action)
+        return q1
 
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimisers, replay buffer, counters and the session's state."""
