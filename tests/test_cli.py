@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rl_training import TrainConfig
 from rl_training.cli import parse_hyperparams
+from rl_training.runtime.run_utils import create_training_run
 from rl_training.errors import ConfigError
 from rl_training.testing import RECORDING_SINK_PLUGIN, read_jsonl, read_scalars
 
@@ -230,14 +232,18 @@ def test_signal_stops_cleanly(tmp_path, sig, status):
         assert [r["step"] for r in rows if key in r] == [s for s, _ in scalars[key]]
 
 
-def test_progress_lines_when_not_a_terminal():
+def test_progress_lines_when_not_a_terminal(tmp_path):
     """Off a terminal, a plain line: steps, steps/s, episodes, their mean return, time left."""
     import io
 
     from rl_training.cli import Progress
 
     stream = io.StringIO()
-    progress = Progress(total=1000, stream=stream, interval=0.0)
+    progress = Progress(stream=stream, interval=0.0)
+    config = TrainConfig(algo="ppo", env_id="CartPole-v1", seed=0, total_timesteps=1000,
+                         output_dir=tmp_path, log_sinks=("json",))  # fmt: skip
+    with create_training_run(config) as run:
+        progress.run_opened(run)
     progress({"episode/return": 10.0, "episode/length": 10, "episode/return_mean": 10.0}, 100)
     progress({"episode/return": 20.0, "episode/length": 20, "episode/return_mean": 15.0}, 200)
     progress({"time/sps": 400.0, "loss/value": 1.0}, 400)

@@ -17,12 +17,12 @@ import math
 import signal
 import sys
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rl_training import hyperparams as hp_module
-from rl_training.config import DEFAULT_LOG_SINKS, TrainConfig
+from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.registry import ALGOS, get_spec
 from rl_training.runtime.distributed import OtherRankFailed, launch_world
@@ -54,31 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Hyperparameters per algorithm: rl-train --algo ALGO --list-hyperparams. "
         "Results over seeds: rl-train report RUN_DIR... (see rl-train report --help).",
     )
-    parser.add_argument("--algo", choices=ALGOS, help="algorithm")
-    parser.add_argument("--env-id", help="gymnasium environment id, e.g. CartPole-v1")
-    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
-    parser.add_argument("--total-timesteps", type=int, help="environment steps to train for")
-    parser.add_argument("--output-dir", help="where run directories go (default: runs)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    for option in config_options():
+        parser.add_argument(option.flag, **option.kwargs)
     parser.add_argument(
-        "--log-sinks",
-        help=f"comma-separated sinks (default: {','.join(DEFAULT_LOG_SINKS)}; see --list-sinks)",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        metavar="N",
-        help="environment steps between checkpoints (default: a tenth of the run; 0: none "
-        "but on a stop and at the end)",
-    )
-    parser.add_argument(
-        "--eval-every",
-        type=int,
-        metavar="N",
-        help="environment steps between evaluations (default: 0, none); keeps best_model.pt",
-    )
-    parser.add_argument(
-        "--eval-episodes", type=int, metavar="K", help="episodes per evaluation (default: 10)"
+        "--hp",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="hyperparameter override, typed by its default (repeatable)",
     )
     parser.add_argument(
         "--resume",
@@ -101,13 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --evaluate: model.pt, best_model.pt or checkpoint.pt (default: final)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    parser.add_argument(
-        "--hp",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="hyperparameter override, typed by its default (repeatable)",
-    )
     parser.add_argument("--run-suffix", help="appended to the run directory's name")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--list-sinks", action="store_true", help="list installed sinks and exit")
@@ -151,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _evaluate(args)
         if args.resume is not None:
             return _resume(args)
-        return _train(_config_from_args(args), args)
+        return _train(args)
     except ConfigError as error:
         return _fail(EXIT_BAD_INPUT, str(error))
     except FileNotFoundError as error:  # --resume of a directory without a checkpoint
@@ -216,31 +192,56 @@ def describe_os_error(error: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    missing = [
-        flag
-        for flag, value in (
-            ("--algo", args.algo),
-            ("--env-id", args.env_id),
-            ("--total-timesteps", args.total_timesteps),
-        )
-        if value is None
-    ]
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """A command-line option for one :class:`TrainConfig` field."""
+
+    field: str
+    """The field's name."""
+    flag: str
+    """``--field-name``."""
+    kwargs: dict[str, Any]
+    """``argparse`` ``add_argument`` keywords."""
+
+
+def config_options() -> list[ConfigOption]:
+    """One option per :class:`TrainConfig` field, from the dataclass itself: its name,
+    its type and the help in its metadata (``hyperparams`` is ``--hp``, below)."""
+    types = typing.get_type_hints(TrainConfig)
+    options = []
+    for f in dataclasses.fields(TrainConfig):
+        if "cli" in f.metadata:
+            continue
+        kwargs: dict[str, Any] = {"help": f.metadata["help"], "metavar": f.metadata.get("metavar")}
+        if f.name == "algo":
+            kwargs["choices"], kwargs["metavar"] = ALGOS, None
+        elif types[f.name] in (int, int | None):
+            kwargs["type"] = int
+        options.append(ConfigOption(f.name, "--" + f.name.replace("_", "-"), kwargs))
+    return options
+
+
+def given_config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields given on the command line."""
+    return {o.field: getattr(args, o.field) for o in config_options()
+            if getattr(args, o.field) is not None}  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` the options describe (the dataclass checks the values).
+
+    Raises:
+        ConfigError: a required option is missing, or a value is bad.
+    """
+    fields = dataclasses.fields(TrainConfig)
+    values = {f.name: f.metadata["cli_default"] for f in fields if "cli_default" in f.metadata}
+    values.update(given_config_fields(args))
+    required = [f.name for f in fields if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]  # fmt: skip
+    missing = ["--" + name.replace("_", "-") for name in required if name not in values]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (see rl-train --help)")
-    return TrainConfig(
-        algo=args.algo,
-        env_id=args.env_id,
-        seed=0 if args.seed is None else args.seed,
-        total_timesteps=args.total_timesteps,
-        output_dir="runs" if args.output_dir is None else args.output_dir,
-        device="auto" if args.device is None else args.device,
-        log_sinks=DEFAULT_LOG_SINKS if args.log_sinks is None else args.log_sinks,
-        hyperparams=parse_hyperparams(args.algo, args.hp),
-        checkpoint_every=args.checkpoint_every,
-        eval_every=0 if args.eval_every is None else args.eval_every,
-        eval_episodes=10 if args.eval_episodes is None else args.eval_episodes,
-    )
+    return TrainConfig(**values, hyperparams=parse_hyperparams(args.algo, args.hp))
 
 
 def parse_hyperparams(algo: str, pairs: Sequence[str]) -> dict[str, Any]:
@@ -362,37 +363,29 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def _train(config: TrainConfig, args: argparse.Namespace) -> int:
-    from rl_training.runtime.run_utils import create_training_run
-    from rl_training.trainers import fit, joined  # here: --help and bad input stay fast
+def _train(args: argparse.Namespace) -> int:
+    from rl_training.trainers import train  # here: --help and bad input stay fast
 
-    # Handlers first: a signal at any moment leaves no run directory, or one that
-    # says "interrupted". They stay ours to the end (see _drive).
-    with graceful_stop(restore=False), joined(config.algo, config.device):
-        run = create_training_run(config, args.run_suffix)  # checks everything before disk
-        return _drive(run, lambda: fit(run), args)
-
-
-_FIXED_ON_RESUME = ("algo", "env_id", "seed", "output_dir", "device", "log_sinks", "run_suffix",
-                    "checkpoint_every", "eval_every", "eval_episodes")  # fmt: skip
+    config = config_from_args(args)
+    return _drive(args, lambda progress: train(config, args.run_suffix, progress=progress))
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from rl_training.trainers import fit, joined, open_resumed_run
-    from rl_training.trainers.checkpoint import load_checkpoint
+    from rl_training.config import RESUMABLE_FIELDS
+    from rl_training.trainers import resume
 
-    fixed = [f"--{name.replace('_', '-')}" for name in _FIXED_ON_RESUME if getattr(args, name)]
-    if fixed or args.hp:
+    fixed = [f"--{name.replace('_', '-')}" for name in given_config_fields(args)
+             if name not in RESUMABLE_FIELDS]  # fmt: skip
+    fixed += ["--run-suffix"] * bool(args.run_suffix) + ["--hp"] * bool(args.hp)
+    if fixed:
         raise ConfigError(
-            f"--resume continues a run as it was configured; {', '.join(fixed or ['--hp'])} "
+            f"--resume continues a run as it was configured; {', '.join(fixed)} "
             "cannot change (only --total-timesteps can)"
         )
-    run_dir = Path(args.resume)
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-    algo, device = checkpoint.config["algo"], checkpoint.config["device"]
-    with graceful_stop(restore=False), joined(algo, device):
-        run, state = open_resumed_run(run_dir, args.total_timesteps, checkpoint=checkpoint)
-        return _drive(run, lambda: fit(run, state), args)
+    return _drive(
+        args, lambda progress: resume(args.resume, total_timesteps=args.total_timesteps,
+                                      progress=progress),
+    )  # fmt: skip
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -410,30 +403,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Namespace) -> int:
-    """Run ``body`` in the open ``run``; print the summary, or the run directory on a stop."""
-    assert run.plan is not None  # a run of a built-in trainer
-    config = run.plan.config
-    progress = None
-    if not args.quiet and run.writer:
-        start = run.run_context.resume_step or 0
-        progress = Progress(config.total_timesteps, sys.stderr, start=start)
-        run.logger.add_observer(progress)
-    try:
-        with run:
-            result = body()
-    except KeyboardInterrupt as interrupt:
-        ignore_stop_signals()  # finishing: a late Ctrl-C must not become a traceback
-        if progress is not None:
+def _drive(args: argparse.Namespace, start: Callable[[Progress], TrainResult]) -> int:
+    """Train (or resume) with the progress display; print the summary, or the run
+    directory on a stop. SIGINT/SIGTERM handlers are ours from before the run
+    directory exists to the end: a late Ctrl-C must not become a traceback."""
+    progress = Progress(sys.stderr, quiet=args.quiet)
+    with graceful_stop(restore=False):
+        try:
+            result = start(progress)
+        except KeyboardInterrupt as interrupt:
+            ignore_stop_signals()
             progress.close()
-        if run.writer:
-            print(f"rl-train: interrupted; run directory: {run.run_dir}", file=sys.stderr)
-            print(run.run_dir, flush=True)
-        return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
-    ignore_stop_signals()
-    if progress is not None:
-        progress.close()
-    if not run.writer:
+            if progress.run is not None and progress.run.writer:
+                print(f"rl-train: interrupted; run directory: {progress.run.run_dir}",
+                      file=sys.stderr)  # fmt: skip
+                print(progress.run.run_dir, flush=True)
+            return EXIT_SIGTERM if isinstance(interrupt, Terminated) else EXIT_SIGINT
+        ignore_stop_signals()
+    progress.close()
+    run = progress.run
+    if run is None or not run.writer:
         return 0
     mean = "n/a" if math.isnan(result.mean_return) else f"{result.mean_return:.2f}"
     print(
@@ -441,7 +430,7 @@ def _drive(run: TrainingRun, body: Callable[[], TrainResult], args: argparse.Nam
         f"mean return {mean} (last 20 episodes)",
         flush=True,
     )
-    if "tensorboard" in config.log_sinks:
+    if run.plan is not None and "tensorboard" in run.plan.config.log_sinks:
         print(f"view: tensorboard --logdir {run.run_dir.parent}", flush=True)
     return 0
 
@@ -453,24 +442,32 @@ class Progress:
     ``interval`` seconds, which reads well in a log file.
     """
 
-    def __init__(
-        self, total: int, stream: TextIO, interval: float = 10.0, *, start: int = 0
-    ) -> None:
-        self._total = total
+    def __init__(self, stream: TextIO, interval: float = 10.0, *, quiet: bool = False) -> None:
+        self.run: TrainingRun | None = None
+        """The run, once open (the command line prints its directory on a stop)."""
         self._stream = stream
         self._interval = interval
+        self._quiet = quiet
+        self._total = 0
         self._mean = math.nan
         self._episodes = 0
         self._sps = math.nan
-        self._step = start
+        self._step = 0
         self._last_print = time.monotonic()
         self._bar: Any = None
-        if stream.isatty():
+
+    def run_opened(self, run: TrainingRun) -> None:
+        """Start the display for ``run`` (nothing on a torchrun rank other than 0)."""
+        self.run = run
+        assert run.plan is not None  # a run of a built-in trainer
+        self._total = run.plan.config.total_timesteps
+        self._step = run.run_context.resume_step or 0
+        self._quiet = self._quiet or not run.writer
+        if not self._quiet and self._stream.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(
-                total=total, initial=start, file=stream, unit="step", dynamic_ncols=True
-            )
+            self._bar = tqdm(total=self._total, initial=self._step, file=self._stream,
+                             unit="step", dynamic_ncols=True)  # fmt: skip
 
     def __call__(self, metrics: Mapping[str, Any], step: int) -> None:
         """Take one logged row."""
@@ -485,7 +482,7 @@ class Progress:
                 self._bar.update(advanced)
             self._bar.set_postfix(episodes=self._episodes, return_mean=f"{self._mean:.1f}",
                                   refresh=False)  # fmt: skip
-        elif time.monotonic() - self._last_print >= self._interval:
+        elif not self._quiet and time.monotonic() - self._last_print >= self._interval:
             self._last_print = time.monotonic()
             left = (self._total - self._step) / self._sps if self._sps > 0 else math.nan
             print(

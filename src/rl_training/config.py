@@ -40,33 +40,63 @@ class TrainConfig:
             written.
     """
 
-    algo: str
+    algo: str = field(metadata={"help": "algorithm"})
     """Algorithm: one of :data:`ALGOS`."""
-    env_id: str
+    env_id: str = field(metadata={"help": "gymnasium environment id, e.g. CartPole-v1"})
     """A registered gymnasium environment id, e.g. ``"CartPole-v1"``."""
-    seed: int
+    seed: int = field(metadata={"help": "random seed (default: 0)", "cli_default": 0})
     """Seed of torch, numpy, the environments and action sampling (>= 0)."""
-    total_timesteps: int
+    total_timesteps: int = field(metadata={"help": "environment steps to train for"})
     """Environment steps to train for, summed over parallel environments (> 0)."""
-    output_dir: str | Path = "runs"
+    output_dir: str | Path = field(
+        default="runs", metadata={"help": "where run directories go (default: runs)"}
+    )
     """Directory under which each run gets a fresh directory of its own."""
-    device: str = "auto"
+    device: str = field(
+        default="auto", metadata={"help": "auto, cpu, cuda or cuda:N (default: auto)"}
+    )
     """``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
-    log_sinks: Sequence[str] = DEFAULT_LOG_SINKS
+    log_sinks: Sequence[str] = field(
+        default=DEFAULT_LOG_SINKS,
+        metadata={
+            "help": f"comma-separated sinks (default: {','.join(DEFAULT_LOG_SINKS)}; "
+            "see --list-sinks)"
+        },
+    )
     """Names of the sinks to log to (see ``rl-train --list-sinks``)."""
-    hyperparams: Mapping[str, Any] = field(default_factory=dict)
+    hyperparams: Mapping[str, Any] = field(default_factory=dict, metadata={"cli": "--hp"})
     """Overrides of the algorithm's hyperparameters (see :mod:`rl_training.hyperparams`)."""
-    checkpoint_every: int | None = None
+    checkpoint_every: int | None = field(
+        default=None,
+        metadata={
+            "help": "environment steps between checkpoints (default: a tenth of the run; "
+            "0: none but on a stop and at the end)",
+            "metavar": "N",
+        },
+    )
     """Environment steps between checkpoints (``run_dir / "checkpoint.pt"``): ``None``
     is about a tenth of ``total_timesteps``, ``0`` none during training. A checkpoint
     is also written when the run is stopped by SIGINT/SIGTERM and when it finishes."""
-    eval_every: int = 0
+    eval_every: int = field(
+        default=0,
+        metadata={
+            "help": "environment steps between evaluations (default: 0, none); keeps best_model.pt",
+            "metavar": "N",
+        },
+    )
     """Environment steps between evaluations (0: none): ``eval_episodes`` deterministic
     episodes on separate, separately seeded envs, logged as ``eval/mean_return``,
     ``eval/std_return`` and ``eval/mean_length``; the best model so far is kept as
     ``run_dir / "best_model.pt"``."""
-    eval_episodes: int = 10
+    eval_episodes: int = field(
+        default=10, metadata={"help": "episodes per evaluation (default: 10)", "metavar": "K"}
+    )
     """Episodes per evaluation."""
+
+    # Each field's metadata tells the command line about it: "help" (and "metavar",
+    # "cli_default" where the command line has a default the dataclass has not);
+    # "cli" names a flag of its own (``--hp KEY=VALUE`` for ``hyperparams``). Every
+    # field without "cli" is an option ``--field-name`` (see rl_training.cli).
 
     def __post_init__(self) -> None:
         spec = get_spec(self.algo)
@@ -123,20 +153,34 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-shaped view: every field, plus the resolved hyperparameters."""
-        return {
-            "algo": self.algo,
-            "env_id": self.env_id,
-            "seed": self.seed,
-            "total_timesteps": self.total_timesteps,
-            "output_dir": str(self.output_dir),
-            "device": self.device,
-            "log_sinks": list(self.log_sinks),
-            "hyperparams": dict(self.hyperparams),
-            "checkpoint_every": self.checkpoint_every,
-            "eval_every": self.eval_every,
-            "eval_episodes": self.eval_episodes,
-            "resolved_hyperparams": dataclasses.asdict(self.algo_hyperparams()),
-        }
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        data["resolved_hyperparams"] = dataclasses.asdict(self.algo_hyperparams())
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as JSON types: a path as its text, a sequence as a list."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    return value
+
+
+RESUMABLE_FIELDS: tuple[str, ...] = ("total_timesteps",)
+"""The fields a resume may change; every other one is the run's own."""
+
+
+def fixed_on_resume() -> tuple[str, ...]:
+    """The fields a checkpoint keeps and a resume takes from it: all but the budget
+    (which may grow) and ``output_dir`` (the run directory's parent)."""
+    return tuple(
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in RESUMABLE_FIELDS and f.name != "output_dir"
+    )
 
 
 class ReadOnlyDict(Mapping[str, Any]):
@@ -199,4 +243,12 @@ def sink_names(value: object) -> tuple[str, ...]:
     return tuple(names)  # type: ignore[arg-type]  # every item checked to be a str above
 
 
-__all__ = ["ALGOS", "DEFAULT_LOG_SINKS", "MAX_SEED", "MAX_STEPS", "TrainConfig"]
+__all__ = [
+    "ALGOS",
+    "DEFAULT_LOG_SINKS",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "RESUMABLE_FIELDS",
+    "TrainConfig",
+    "fixed_on_resume",
+]

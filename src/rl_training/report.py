@@ -27,6 +27,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from rl_training.errors import ConfigError
+from rl_training.runtime.context import RunFiles
 
 RETURN_KEY = "episode/return"
 """The metric the report reads."""
@@ -105,10 +106,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if not path.is_dir():
             what = "does not exist" if not path.exists() else "is not a directory"
             raise ConfigError(f"report: {str(path)!r} {what} (give run directories)")
-        if (path / "metrics.jsonl").is_file():
+        if RunFiles(path).metrics.is_file():
             found.append(path)
             continue
-        children = sorted(p for p in path.iterdir() if (p / "metrics.jsonl").is_file())
+        children = sorted(p for p in path.iterdir() if RunFiles(p).metrics.is_file())
         if not children:
             raise ConfigError(
                 f"report: {str(path)!r} holds no run (no metrics.jsonl in it or its "
@@ -125,11 +126,11 @@ def read_run(run_dir: Path, window: int) -> RunResult | None:
     Raises:
         ValueError: a line of ``metrics.jsonl`` is not JSON (the line is named).
     """
-    info = _read_json(run_dir / "run.json")
-    config = _read_json(run_dir / "config.json")
+    info = _read_json(RunFiles(run_dir).run_info)
+    config = _read_json(RunFiles(run_dir).config)
     steps: list[int] = []
     returns: list[float] = []
-    with open(run_dir / "metrics.jsonl", encoding="utf-8") as file:
+    with open(RunFiles(run_dir).metrics, encoding="utf-8") as file:
         for number, line in enumerate(file, 1):
             if not line.strip():
                 continue

@@ -12,9 +12,66 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rl_training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of a run directory: every name is spelled here and nowhere else."""
+
+    run_dir: Path
+    """The run directory."""
+
+    TENSORBOARD: ClassVar[str] = "tensorboard"
+    METRICS: ClassVar[str] = "metrics.jsonl"
+    CONFIG: ClassVar[str] = "config.json"
+    RUN_INFO: ClassVar[str] = "run.json"
+    MODEL: ClassVar[str] = "model.pt"
+    BEST_MODEL: ClassVar[str] = "best_model.pt"
+    CHECKPOINT: ClassVar[str] = "checkpoint.pt"
+    LOCK: ClassVar[str] = ".lock"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """``tensorboard/``: the ``tensorboard`` sink's event files, made with the run."""
+        return self.run_dir / self.TENSORBOARD
+
+    @property
+    def metrics(self) -> Path:
+        """``metrics.jsonl``: one JSON line per logged row (the ``json`` sink)."""
+        return self.run_dir / self.METRICS
+
+    @property
+    def config(self) -> Path:
+        """``config.json``: the run's config (the ``json`` sink)."""
+        return self.run_dir / self.CONFIG
+
+    @property
+    def run_info(self) -> Path:
+        """``run.json``: name, status, times, command line, versions, summary."""
+        return self.run_dir / self.RUN_INFO
+
+    @property
+    def model(self) -> Path:
+        """``model.pt``: the final model, saved when training finishes."""
+        return self.run_dir / self.MODEL
+
+    @property
+    def best_model(self) -> Path:
+        """``best_model.pt``: the model of the best evaluation so far."""
+        return self.run_dir / self.BEST_MODEL
+
+    @property
+    def checkpoint(self) -> Path:
+        """``checkpoint.pt``: the latest checkpoint, replaced atomically."""
+        return self.run_dir / self.CHECKPOINT
+
+    @property
+    def lock(self) -> Path:
+        """``.lock``: locked while a process has the run open."""
+        return self.run_dir / self.LOCK
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,39 +94,44 @@ class RunContext:
         return self.run_dir.name
 
     @property
+    def files(self) -> RunFiles:
+        """The run directory's files."""
+        return RunFiles(self.run_dir)
+
+    @property
     def tensorboard_dir(self) -> Path:
         """``run_dir / "tensorboard"``, created with the run directory."""
-        return self.run_dir / "tensorboard"
+        return self.files.tensorboard_dir
 
     @property
     def metrics_path(self) -> Path:
         """``run_dir / "metrics.jsonl"`` (written by the ``json`` sink)."""
-        return self.run_dir / "metrics.jsonl"
+        return self.files.metrics
 
     @property
     def config_path(self) -> Path:
         """``run_dir / "config.json"`` (written by the ``json`` sink)."""
-        return self.run_dir / "config.json"
+        return self.files.config
 
     @property
     def run_info_path(self) -> Path:
         """``run_dir / "run.json"``: name, status, times, command line, versions."""
-        return self.run_dir / "run.json"
+        return self.files.run_info
 
     @property
     def model_path(self) -> Path:
         """``run_dir / "model.pt"``: the final model, saved by the trainer."""
-        return self.run_dir / "model.pt"
+        return self.files.model
 
     @property
     def checkpoint_path(self) -> Path:
         """``run_dir / "checkpoint.pt"``: the latest checkpoint, replaced atomically."""
-        return self.run_dir / "checkpoint.pt"
+        return self.files.checkpoint
 
     @property
     def lock_path(self) -> Path:
         """``run_dir / ".lock"``: locked while a process has the run open."""
-        return self.run_dir / ".lock"
+        return self.files.lock
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

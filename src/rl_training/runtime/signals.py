@@ -69,6 +69,8 @@ class _State:
     """The first stop signal received, if any."""
     shielded = 0
     """Depth of :func:`shielded` blocks, in which a second signal is ignored."""
+    graceful = False
+    """Whether a :func:`graceful_stop` block is open (an inner one does nothing)."""
 
 
 def interrupt_for(signum: int) -> KeyboardInterrupt:
@@ -109,16 +111,20 @@ def graceful_stop(*, restore: bool = True) -> Iterator[None]:
             own to the end (it ignores signals once the run is closed), so that a late
             Ctrl-C cannot interrupt the interpreter's shutdown.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or _State.graceful:
+        # Nested (rl-train around train()): the outer block's handlers and any stop
+        # already requested stay as they are.
         yield
         return
     _State.requested = None
     previous: dict[signal.Signals, Any] = {
         sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS
     }
+    _State.graceful = True
     try:
         yield
     finally:
+        _State.graceful = False
         if restore:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

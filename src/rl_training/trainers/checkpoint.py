@@ -10,7 +10,7 @@ without making the env. Both are written atomically and read with
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,21 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl_training.config import TrainConfig
+from rl_training.config import RESUMABLE_FIELDS, TrainConfig, fixed_on_resume
 from rl_training.errors import ConfigError
 from rl_training.registry import get_spec
-from rl_training.runtime.context import write_bytes_atomic
+from rl_training.runtime.context import RunFiles, write_bytes_atomic
 
 MODEL_FORMAT = 2
-"""Version of the ``model.pt`` layout written by :func:`save_model` (1: no spaces)."""
+"""Version of the ``model.pt`` layout written by :func:`save_model`."""
 
 CHECKPOINT_FORMAT = 1
 """Version of the ``checkpoint.pt`` layout written by :func:`save_checkpoint`."""
-
-_CONFIG_FIELDS = (
-    "algo", "env_id", "seed", "total_timesteps", "device", "log_sinks", "hyperparams",
-    "checkpoint_every", "eval_every", "eval_episodes",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -47,9 +42,9 @@ class SavedModel:
     """The resolved hyperparameters, as plain values."""
     state_dicts: dict[str, dict[str, torch.Tensor]]
     """Module name -> its ``state_dict``."""
-    observation_space: gym.Space[Any] | None = None
-    """The env's observation space (``None`` in files written before spaces were kept)."""
-    action_space: gym.Space[Any] | None = None
+    observation_space: gym.Space[Any]
+    """The env's observation space."""
+    action_space: gym.Space[Any]
     """The env's action space."""
 
 
@@ -86,15 +81,15 @@ def load_model(path: Path) -> SavedModel:
         FileNotFoundError: no model at ``path``.
         ValueError: not a model file of this package.
     """
-    payload = _load(path, "model", (1, MODEL_FORMAT))
-    spaces = payload.get("spaces", {})
+    payload = _load(path, "model", (MODEL_FORMAT,))
+    spaces = payload["spaces"]
     return SavedModel(
         algo=payload["algo"],
         env_id=payload["env_id"],
         hyperparams=payload["hyperparams"],
         state_dicts=payload["state_dicts"],
-        observation_space=space_from_dict(spaces["observation"]) if spaces else None,
-        action_space=space_from_dict(spaces["action"]) if spaces else None,
+        observation_space=space_from_dict(spaces["observation"]),
+        action_space=space_from_dict(spaces["action"]),
     )
 
 
@@ -137,9 +132,9 @@ def save_checkpoint(
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write the trainer's whole state atomically (a reader never sees half a file)."""
-    fields = {name: getattr(config, name) for name in _CONFIG_FIELDS}
-    fields["log_sinks"] = list(config.log_sinks)
-    fields["hyperparams"] = _plain(dict(config.hyperparams))
+    plain = config.to_dict()
+    fields = {name: plain[name] for name in (*fixed_on_resume(), *RESUMABLE_FIELDS)}
+    fields["hyperparams"] = _plain(fields["hyperparams"])
     payload = {
         "format": CHECKPOINT_FORMAT,
         "config": fields,
@@ -215,3 +210,57 @@ def _serialise(payload: Any) -> bytes:
     torch.save(payload, buffer)
     data: bytes = buffer.getvalue()
     return data
+
+
+class Checkpointer:
+    """When and where a run's checkpoint and final model are written.
+
+    Only the writing process (rank 0 under torchrun) writes; the others go through
+    the same calls and write nothing. A checkpoint is written once per step: the
+    periodic one, the one on a stop and the one at the end may fall on one step.
+    """
+
+    def __init__(
+        self,
+        files: RunFiles,
+        *,
+        config: TrainConfig,
+        spaces: tuple[gym.Space[Any], gym.Space[Any]],
+        writer: bool,
+        world_size: int,
+    ) -> None:
+        self.files = files
+        """The run directory's files."""
+        self._config, self._spaces = config, spaces
+        self._writer, self._world_size = writer, world_size
+        self._written_at = -1
+
+    def save(self, steps: int, trainer_state: Callable[[], Any], extra: Mapping[str, Any]) -> None:
+        """Write ``checkpoint.pt`` at ``steps`` unless it was written at this step.
+
+        ``trainer_state`` is called only when a checkpoint is written.
+        """
+        if not self._writer or self._written_at == steps:
+            return
+        save_checkpoint(
+            self.files.checkpoint,
+            config=self._config,
+            step=steps,
+            state=trainer_state(),
+            spaces=self._spaces,
+            extra={"world_size": self._world_size, **extra},
+        )
+        self._written_at = steps
+
+    def save_model(self, *, algo: str, hyperparams: Any, modules: Mapping[str, nn.Module]) -> None:
+        """Write ``model.pt``: the final model."""
+        if self._writer:
+            save_model(
+                self.files.model,
+                algo=algo,
+                env_id=self._config.env_id,
+                hyperparams=hyperparams,
+                modules=modules,
+                observation_space=self._spaces[0],
+                action_space=self._spaces[1],
+            )

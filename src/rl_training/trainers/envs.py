@@ -17,9 +17,6 @@ from torch import nn
 
 from rl_training.experiment.logging import Logger
 
-EPISODE_WINDOW = 20
-"""Finished episodes over which ``mean_return`` is taken (the contract's "last 20")."""
-
 RETURN_MEAN_WINDOW = 100
 """Finished episodes over which ``episode/return_mean`` is taken (SB3's ``ep_rew_mean``)."""
 
@@ -100,18 +97,19 @@ class EpisodeTracker:
         self._pending.clear()
         return pending
 
-    @property
-    def mean_return(self) -> float:
-        """Mean of the last :data:`EPISODE_WINDOW` returns (NaN before any episode ends)."""
+    def mean_return_last(self, episodes: int) -> float:
+        """Mean return of the last ``episodes`` (at most :data:`RETURN_MEAN_WINDOW`)
+        finished episodes; NaN before any episode ends."""
         if not self.recent:
             return math.nan
-        last = list(self.recent)[-EPISODE_WINDOW:]
+        last = list(self.recent)[-episodes:]
         return math.fsum(last) / len(last)
 
     @property
     def return_mean(self) -> float:
-        """Mean of the last :data:`RETURN_MEAN_WINDOW` returns (NaN before any episode ends)."""
-        return math.fsum(self.recent) / len(self.recent) if self.recent else math.nan
+        """``episode/return_mean``: the mean of the last :data:`RETURN_MEAN_WINDOW` (100)
+        returns (NaN before any episode ends)."""
+        return self.mean_return_last(RETURN_MEAN_WINDOW)
 
     def state_dict(self) -> dict[str, Any]:
         """Finished episodes: their count and the recent returns (not the episodes under

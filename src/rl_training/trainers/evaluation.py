@@ -21,6 +21,7 @@ import torch
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import Logger
 from rl_training.registry import get_spec
+from rl_training.runtime.context import RunFiles
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.plan import Plan
 from rl_training.trainers.checkpoint import (
@@ -35,9 +36,9 @@ Which = Literal["final", "best", "checkpoint"]
 """Which of a run's files a policy comes from."""
 
 _FILES: Mapping[str, str] = {
-    "final": "model.pt",
-    "best": "best_model.pt",
-    "checkpoint": "checkpoint.pt",
+    "final": RunFiles.MODEL,
+    "best": RunFiles.BEST_MODEL,
+    "checkpoint": RunFiles.CHECKPOINT,
 }
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -139,9 +140,6 @@ def load_policy(
     else:
         saved = load_model(path)
         cls = trainer_class(get_spec(saved.algo))
-        if saved.observation_space is None:  # a model file from before spaces were kept
-            saved = _with_spaces_of_registered_env(saved)
-    assert saved.observation_space is not None and saved.action_space is not None
     act = cls.load_policy(saved, saved.observation_space, saved.action_space, resolved)
     return TrainedPolicy(act, saved, resolved, seed)
 
@@ -238,6 +236,8 @@ class PeriodicEvaluator:
                          for k, v in asdict(plan.hp).items()},
             state_dicts={name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
                          for name, m in modules.items()},
+            observation_space=plan.observation_space,
+            action_space=plan.action_space,
         )  # fmt: skip
         act = self._trainer_cls.load_policy(
             saved, plan.observation_space, plan.action_space, torch.device("cpu")
@@ -298,17 +298,6 @@ def registered_env_id(env_id: str) -> str:
         else "; import the package that registers it first"
     )
     raise ConfigError(f"env id {env_id!r} is not registered in this process{hint}")
-
-
-def _with_spaces_of_registered_env(saved: SavedModel) -> SavedModel:
-    env = gym.make(registered_env_id(saved.env_id))
-    try:
-        return SavedModel(
-            saved.algo, saved.env_id, saved.hyperparams, saved.state_dicts,
-            env.observation_space, env.action_space,
-        )  # fmt: skip
-    finally:
-        env.close()
 
 
 __all__ = [
