@@ -15,8 +15,8 @@ import pytest
 
 from rl_training import TrainConfig
 from rl_training.cli import parse_hyperparams
-from rl_training.runtime.run_utils import create_training_run
 from rl_training.errors import ConfigError
+from rl_training.runtime.run_utils import create_training_run
 from rl_training.testing import RECORDING_SINK_PLUGIN, read_jsonl, read_scalars
 
 RL_TRAIN = shutil.which("rl-train") or str(Path(sys.executable).with_name("rl-train"))

@@ -7,16 +7,16 @@ from typing import TYPE_CHECKING, Any
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import CompositeLogger, Logger, Sink
-from rl_training.hookspecs import hookimpl
-from rl_training.plugins import available_sinks
-from rl_training.runtime.distributed import reduce_metrics
-from rl_training.runtime.run_utils import (
+from rl_training.experiment.run import (
     RunContext,
     TrainingRun,
     create_run,
     create_run_context,
     create_training_run,
 )
+from rl_training.hookspecs import hookimpl
+from rl_training.plugins import available_sinks
+from rl_training.runtime.distributed import reduce_metrics
 
 if TYPE_CHECKING:
     from rl_training.trainers import (

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from rl_training import hyperparams as hp_module
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
+from rl_training.experiment.run import SinkCreationError
 from rl_training.registry import ALGOS, get_spec
 from rl_training.runtime.distributed import OtherRankFailed, launch_world
-from rl_training.runtime.run_utils import SinkCreationError
 from rl_training.runtime.signals import Terminated, graceful_stop, ignore_stop_signals
 
 if TYPE_CHECKING:
-    from rl_training.runtime.run_utils import TrainingRun
+    from rl_training.experiment.run import TrainingRun
     from rl_training.trainers import TrainResult  # imports torch: only where training
 
 EXIT_OS_ERROR = 1

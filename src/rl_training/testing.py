@@ -29,8 +29,8 @@ import pytest
 
 from rl_training.config import TrainConfig
 from rl_training.experiment.logging import Sink
+from rl_training.experiment.run import RunContext, create_run_context
 from rl_training.plugins import available_sinks
-from rl_training.runtime.run_utils import RunContext, create_run_context
 
 
 def tiny_config(**overrides: Any) -> TrainConfig:

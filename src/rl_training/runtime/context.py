@@ -1,6 +1,6 @@
 """Where a run writes: :class:`RunContext`, and atomic JSON files.
 
-A leaf module: run setup (:mod:`rl_training.runtime.run_utils`) and the sinks both
+A leaf module: run setup (:mod:`rl_training.experiment.run`) and the sinks both
 import it, and it imports neither.
 """
 

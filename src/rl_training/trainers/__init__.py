@@ -13,8 +13,8 @@ from pathlib import Path
 
 from rl_training.config import TrainConfig
 from rl_training.experiment.logging import RowObserver
+from rl_training.experiment.run import create_training_run
 from rl_training.runtime.context import RunFiles
-from rl_training.runtime.run_utils import create_training_run
 from rl_training.runtime.signals import graceful_stop
 from rl_training.trainers.checkpoint import load_checkpoint
 from rl_training.trainers.evaluation import EvalResult, TrainedPolicy, evaluate, load_policy

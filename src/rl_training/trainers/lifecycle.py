@@ -24,7 +24,8 @@ import torch
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
-from rl_training.experiment.logging import CompositeLogger, RowObserver
+from rl_training.experiment.logging import RowObserver
+from rl_training.experiment.run import TrainingRun, lock_run, reopen_training_run
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunContext, RunFiles
 from rl_training.runtime.device import resolve_device
@@ -37,7 +38,6 @@ from rl_training.runtime.distributed import (
     process_group,
 )
 from rl_training.runtime.plan import Plan, resolve_plan
-from rl_training.runtime.run_utils import TrainingRun, lock_run, reopen_training_run
 from rl_training.runtime.seeding import resume_seed
 from rl_training.runtime.signals import interrupt_for, requested_stop
 from rl_training.trainers.checkpoint import Checkpoint, Checkpointer
@@ -125,8 +125,7 @@ def open_resumed_run(
 
     def follow(config: TrainConfig) -> TrainingRun:
         context = RunContext(config=config, run_dir=run_dir, resume_step=checkpoint.step)
-        plan = resolve_plan(config, world)
-        return TrainingRun(context, CompositeLogger({}), plan, writer=False, world=world)
+        return TrainingRun.follower(context, resolve_plan(config, world), world)
 
     return opened_by_rank_zero(
         world,
