@@ -43,8 +43,7 @@ class DQNTrainer:
     """DQN on a session: one vector step per iteration, a training phase when due."""
 
     CPU_THREADS: ClassVar[int | None] = None
-    """Intra-op threads on the CPU (None: torch default; the default 256-unit layers on
-    batches of 64 run ~6 % faster per environment step on two cores than on one)."""
+    """Intra-op threads on the CPU (None: torch default; 256-unit layers gain from both cores)."""
     SAVED_MODULES: ClassVar[tuple[str, ...]] = ("q_net",)
     """The modules a model file holds (attributes of the trainer)."""
 
@@ -62,8 +61,8 @@ class DQNTrainer:
         self.train_values: dict[str, Any] = {}
         # Minibatches drawn together, their targets in one forward of the target network:
         # up to ~1,024 rows (and ~64 MB of observations). Larger forwards are no faster,
-        # and their activations (8 MB a layer at 8,192 rows) come as fresh memory from
-        # the kernel every phase: ~7 ms of page faults (profile), ~3.5 % of a run.
+        # and their activations come as fresh memory from the kernel every phase
+        # (README, "Performance notes").
         rows = max(1, min(1024, 2**23 // obs_size))
         self.batches_at_once = max(1, min(hp.gradient_steps, rows // hp.batch_size))
         # Counted in vector steps, as SB3 does: max(interval // num_envs, 1)

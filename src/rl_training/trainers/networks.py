@@ -48,11 +48,10 @@ class _Scratch:
     """Hidden-layer tensors a network writes into again on every call, by role, layer
     and shape, instead of allocating them anew.
 
-    A training step's activations (up to ~1 MB a layer: TD3's 2 x 256 x 400) are freed
-    and allocated again every step. glibc hands such memory back to the kernel at the
-    top of its heap and the next step touches it in page by page: 500-800 page faults
-    a TD3 or SAC step on this machine (~2.7 us each), in one process and not the next.
-    Tensors that stay allocated take none. Only for work outside autograd (``out=``
+    A training step's activations (up to ~1 MB a layer: TD3's 2 x 256 x 400) would be
+    freed and allocated again every step, and glibc hands such memory back to the
+    kernel, so the next step faults it in page by page (README, "Performance notes").
+    Tensors that stay allocated fault nothing. Only for work outside autograd (``out=``
     cannot be differentiated): a tensor from here is valid until the same role runs
     again, so results handed to callers are never taken from here.
     """
@@ -258,8 +257,9 @@ class EnsembleMLP(nn.Module):
         exist) from ``grad_out`` ``(n, batch, out)``, the loss's gradient at the output
         of :meth:`forward_saving` whose layer inputs are ``inputs``.
 
-        The kernels autograd runs for :meth:`forward`, without its bookkeeping: a
-        critic update of TD3's 400x300 twins takes ~15 % less time.
+        The kernels autograd runs for :meth:`forward`, without its bookkeeping (the
+        graph, saved tensors, fresh gradient buffers), which costs more than the
+        kernels on networks of this size.
         """
         activation_backward = _BACKWARD_FROM_OUTPUT[self.activation]
         g, last = grad_out, len(self.weights) - 1
@@ -335,10 +335,9 @@ class EnsembleMLP(nn.Module):
 class TwinCritic(nn.Module):
     """Q1(s, a), Q2(s, a) as one :class:`EnsembleMLP` of two members.
 
-    ``product_head``: the Q head as a broadcast product and a sum (SAC: 6.5 % less time
-    per step). TD3 keeps the batched matmul: with the product head it was 2-5 % faster
-    per iteration, but its rounding moved the 5-seed learning benchmark from 5 to 3
-    seeds >= -250 (seeds 0-4: -223.5 -155.9 -146.8 -576.0 -370.5; seeds 5-9 pass both).
+    ``product_head``: the Q head as a broadcast product and a sum, the same values up
+    to float rounding and faster on the CPU (SAC uses it). TD3 keeps the batched
+    matmul: the rounding changed which seeds learn (README, "Performance notes").
     """
 
     def __init__(
