@@ -9,6 +9,7 @@ from rl_training.trainers.buffers import ReplayBuffer
 
 
 def test_batches_at_once_are_the_same_draws_as_one_call_each():
+    """Drawing several minibatches in one call gives the same transitions as one call each."""
     buffer = ReplayBuffer(50, 3, (), True, torch.device("cpu"))
     rng = np.random.default_rng(0)
     for _ in range(10):  # 10 vector steps of 4 envs
@@ -53,6 +54,7 @@ def _fill(buffer: ReplayBuffer, steps: int, envs: int, seed: int) -> list[tuple]
 
 
 def test_rows_wrap_around_and_both_write_paths_store_the_same():
+    """A full buffer overwrites its oldest rows, and the CPU's and other devices' writes agree."""
     # 7 steps of 3 envs into 10 rows: the 4th step wraps (rows 9, 0, 1), later ones
     # overwrite the oldest. The CPU writes through numpy views; other devices index
     # the tensors: with the views switched off the same code path runs here.

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from rl_training import TrainConfig, load_policy, reduce_metrics
+from rl_training.registry import ALGOS, get_spec
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.distributed import World, launch_world
 from rl_training.runtime.plan import resolve_plan
@@ -72,8 +73,9 @@ def only_run(tmp_path: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("algo", ["ppo", "a2c"])
+@pytest.mark.parametrize("algo", [algo for algo in ALGOS if get_spec(algo).distributed])
 def test_two_ranks_train_one_run_whose_rows_describe_both(tmp_path, algo):
+    """Two torchrun ranks write one run, once, whose steps and episodes count both ranks."""
     total = 2048
     code, out, err = train_2(tmp_path, algo, total)
     assert code == 0, err[-3000:]
@@ -106,6 +108,7 @@ def test_two_ranks_train_one_run_whose_rows_describe_both(tmp_path, algo):
 
 
 def test_an_algorithm_without_distributed_support_is_refused_before_any_run_directory(tmp_path):
+    """An algorithm that cannot train on several processes is one error line and no run dir."""
     proc = launch("-m", "rl_training", "--algo", "dqn", "--env-id", "CartPole-v1",
                   "--total-timesteps", "1000", "--output-dir", "runs", cwd=tmp_path)  # fmt: skip
     code, out, err = finish(proc, timeout=60)
@@ -133,6 +136,7 @@ def _wait_for_row(run_root: Path, proc: subprocess.Popen, timeout: float = 90.0)
 
 
 def test_sigterm_to_the_launcher_checkpoints_and_the_run_resumes_under_torchrun(tmp_path):
+    """SIGTERM to torchrun checkpoints every rank; the run resumes under torchrun from there."""
     proc = launch("-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
                   "--total-timesteps", "5000000", "--device", "cpu", "--output-dir", "runs",
                   "--quiet", *TINY["ppo"], cwd=tmp_path)  # fmt: skip
@@ -177,6 +181,7 @@ def test_sigterm_to_the_launcher_checkpoints_and_the_run_resumes_under_torchrun(
 
 
 def test_a_rank_that_fails_ends_every_rank_and_the_run_failed(tmp_path):
+    """One rank crashing ends every rank promptly and marks the run failed."""
     start = time.monotonic()
     proc = launch("-m", "rl_training", "--algo", "ppo", "--env-id",
                   "dist_envs:CrashOnRankOne-v0", "--total-timesteps", "5000000", "--device",
@@ -219,6 +224,7 @@ CUSTOM_LOOP = textwrap.dedent(
 
 
 def test_create_run_under_torchrun_writes_once_and_reduce_metrics_averages(tmp_path):
+    """create_run under torchrun: rank 0 writes, every rank gets the run, metrics are averaged."""
     script = tmp_path / "loop.py"
     script.write_text(CUSTOM_LOOP)
     code, out, err = finish(launch(str(script), str(tmp_path / "runs"), cwd=tmp_path), 90)
@@ -237,6 +243,7 @@ def test_create_run_under_torchrun_writes_once_and_reduce_metrics_averages(tmp_p
 
 
 def test_launch_world_reads_torchrun_variables_and_names_bad_ones():
+    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK are read; a bad value is named in the error."""
     assert launch_world({}) == World()
     assert launch_world({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == World(3, 4, 1)
     with pytest.raises(ValueError, match=r"RANK: 'x' is not a valid torchrun setting"):
@@ -246,6 +253,7 @@ def test_launch_world_reads_torchrun_variables_and_names_bad_ones():
 
 
 def test_devices_under_torchrun():
+    """Under torchrun each process gets its own device; cuda:N or absent CUDA is refused."""
     two = World(rank=1, size=2, local_rank=1)
     assert resolve_device("auto", two) == torch.device("cpu")  # no CUDA here
     assert resolve_device("cpu", two) == torch.device("cpu")
@@ -257,6 +265,7 @@ def test_devices_under_torchrun():
 
 
 def test_plan_refuses_algorithms_without_distributed_support(tmp_path):
+    """An algorithm without torchrun support is refused for several processes, accepted for one."""
     config = TrainConfig(algo="sac", env_id="Pendulum-v1", seed=0, total_timesteps=100,
                          output_dir=tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match=r"algo: 'sac' does not train on several processes"):
@@ -265,6 +274,7 @@ def test_plan_refuses_algorithms_without_distributed_support(tmp_path):
 
 
 def test_reduce_metrics_in_one_process_and_bad_input():
+    """reduce_metrics works without torchrun and names a bad op, tensor or value."""
     assert reduce_metrics({"a": 1, "b": torch.tensor(2.5)}) == {"a": 1.0, "b": 2.5}
     with pytest.raises(ValueError, match=r"op: 'median' is not one of 'mean', 'sum'"):
         reduce_metrics({"a": 1.0}, op="median")
@@ -275,6 +285,7 @@ def test_reduce_metrics_in_one_process_and_bad_input():
 
 
 def test_one_process_runs_record_world_size_one(tmp_path):
+    """A one-process run records world_size 1 in run.json and config.json."""
     from rl_training import train
 
     hp = {"num_envs": 2, "n_steps": 32, "batch_size": 32}
@@ -301,6 +312,7 @@ def test_ctrl_c_in_the_terminal_stops_every_rank_gracefully(tmp_path):
 
 
 def test_train_in_processes_torchrun_started(tmp_path):
+    """train() called from a script under torchrun trains one run across the processes."""
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(
         """

@@ -19,6 +19,7 @@ def _member_reference(net: EnsembleMLP, x: torch.Tensor, k: int) -> torch.Tensor
 
 @pytest.mark.parametrize(("out_dim", "product_head"), [(1, True), (1, False), (3, True)])
 def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim, product_head):
+    """Each ensemble member computes, and differentiates, as the plain MLP with its weights."""
     torch.manual_seed(0)
     net = EnsembleMLP(2, 5, (16, 8), out_dim, product_head=product_head)
     assert net.product_head == (product_head and out_dim == 1)
@@ -38,6 +39,7 @@ def test_every_member_and_its_gradient_match_a_plain_mlp(out_dim, product_head):
 
 
 def test_detach_moves_only_the_input():
+    """detach=True lets gradients reach the input but none of the network's parameters."""
     torch.manual_seed(1)
     net = EnsembleMLP(2, 4, (8,), 1, product_head=True)
     x = torch.randn(6, 4, requires_grad=True)
@@ -48,6 +50,7 @@ def test_detach_moves_only_the_input():
 
 @pytest.mark.parametrize("activation", [torch.relu, torch.tanh])
 def test_written_out_backward_is_autograds(activation):
+    """MLP.backward_ writes the gradients autograd would, without building a graph."""
     from rl_training.trainers.networks import MLP
     from rl_training.trainers.optim import flatten_parameters
 
@@ -72,6 +75,7 @@ def test_written_out_backward_is_autograds(activation):
 
 @pytest.mark.parametrize(("out_dim", "product_head"), [(1, True), (1, False), (3, False)])
 def test_ensemble_written_out_backward_is_autograds(out_dim, product_head):
+    """EnsembleMLP.backward_ overwrites (not adds to) .grad with autograd's gradients."""
     from rl_training.trainers.optim import flatten_parameters
 
     torch.manual_seed(3)
@@ -100,6 +104,7 @@ def test_ensemble_written_out_backward_is_autograds(out_dim, product_head):
 
 @pytest.mark.parametrize("product_head", [True, False])
 def test_twin_critic_written_out_critic_loss_gradient_is_autograds(product_head):
+    """The twin critic's written-out TD loss gradient equals autograd's."""
     from rl_training.trainers.networks import TwinCritic
     from rl_training.trainers.optim import flatten_parameters
 
@@ -120,6 +125,7 @@ def test_twin_critic_written_out_critic_loss_gradient_is_autograds(product_head)
 
 @pytest.mark.parametrize("product_head", [True, False])
 def test_td3_actor_gradient_through_q1_written_out_is_autograds(product_head):
+    """TD3's actor gradient through Q1 equals autograd's and leaves the critic's alone."""
     # TD3's actor loss -mean Q1(s, mu(s)), the critic's weights fixed: the written-out
     # gradient reaches the actor's parameters exactly as autograd's, and none the critic's
     from rl_training.trainers.networks import TwinCritic
@@ -185,6 +191,7 @@ def test_forwards_outside_autograd_reuse_scratch_without_touching_results(kind):
 
 
 def test_sac_actor_gradient_through_both_critics_written_out_is_autograds():
+    """SAC's actor gradient through min(Q1, Q2) equals autograd's and leaves the critics' alone."""
     # SAC's actor loss mean(alpha logp - min(Q1, Q2)) at a sampled action, the critics'
     # weights fixed: the written-out gradient (through the smaller twin of each sample,
     # the tanh squashing, the sample and the log_std clamp) is autograd's, the same

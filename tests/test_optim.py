@@ -44,6 +44,7 @@ CASES = {
 
 @pytest.mark.parametrize("algorithm", sorted(CASES))
 def test_steps_as_torch_optim_does(algorithm):
+    """FlatOptimizer takes bit-for-bit the steps of torch.optim's Adam and RMSprop."""
     kwargs, make_ref, _ = CASES[algorithm]
     ours, ref = _nets(0)
     opt = FlatOptimizer([ours], algorithm, **kwargs)
@@ -59,6 +60,7 @@ def test_steps_as_torch_optim_does(algorithm):
 
 
 def test_adam_without_the_fused_kernel_follows_the_reference_rule():
+    """Adam on devices without the fused kernel follows torch.optim.Adam's rule."""
     ours, ref = _nets(1)
     opt = FlatOptimizer([ours], "adam", lr=1e-2)
     opt._fused = False  # the rule used on devices without torch's fused kernel
@@ -73,6 +75,7 @@ def test_adam_without_the_fused_kernel_follows_the_reference_rule():
 
 @pytest.mark.parametrize("algorithm", sorted(CASES))
 def test_state_round_trips_and_reads_torch_optims_state(algorithm):
+    """The optimiser's state round-trips (torch.optim's layout); a resumed one steps alike."""
     kwargs, make_ref, _ = CASES[algorithm]
     ours, ref = _nets(2)
     opt = FlatOptimizer([ours], algorithm, **kwargs)
@@ -107,6 +110,7 @@ def test_state_round_trips_and_reads_torch_optims_state(algorithm):
 
 
 def test_bad_algorithm_and_mismatched_state_are_refused():
+    """An unknown optimiser, or a state of another kind or size, is refused by name."""
     net, _ = _nets(3)
     with pytest.raises(ValueError, match="'sgd' is not one of 'adam', 'rmsprop'"):
         FlatOptimizer([net], "sgd", lr=0.1)  # type: ignore[arg-type]

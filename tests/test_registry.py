@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from rl_training import TrainConfig
-from rl_training.registry import ALGORITHMS, get_spec
+from rl_training.hyperparams import _OffPolicy
+from rl_training.registry import ALGORITHMS, ALGOS, get_spec
 from rl_training.runtime.plan import resolve_plan
 from rl_training.trainers import train
 from rl_training.trainers.session import trainer_class
+
+OFF_POLICY = [algo for algo in ALGOS if issubclass(get_spec(algo).hyperparams, _OffPolicy)]
 
 
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
@@ -79,7 +82,9 @@ class TupleObsEnv(gym.Env):
 gym.register("rl_training_tests/TupleObs-v0", entry_point=TupleObsEnv)
 
 
-@pytest.mark.parametrize("algo", ["ppo", "dqn"])
+@pytest.mark.parametrize(
+    "algo", [algo for algo in ALGOS if "Discrete" in get_spec(algo).action_spaces]
+)
 def test_unsupported_observation_space_is_refused_before_disk(tmp_path, algo):
     """A Tuple observation space fails with the algorithm, env and space named; no run dir."""
     config = TrainConfig(
@@ -93,7 +98,7 @@ def test_unsupported_observation_space_is_refused_before_disk(tmp_path, algo):
 
 def test_off_policy_training_starts_at_learning_starts_for_every_algorithm():
     """One rule: a training phase follows the vector step that stores learning_starts."""
-    for algo in ("dqn", "sac", "td3"):
+    for algo in OFF_POLICY:
         hp = get_spec(algo).build_hyperparams({"learning_starts": 8, "train_freq": 2})
         assert [s for s in range(12) if hp.trains_after(s, s)] == [8, 10], algo
     assert np.isfinite(get_spec("dqn").build_hyperparams({}).learning_starts)

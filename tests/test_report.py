@@ -48,6 +48,7 @@ def expected(run_dir: Path, window: int) -> tuple[float, float, int]:
 
 
 def test_report_prints_per_seed_returns_and_the_iqm_with_its_interval(runs, tmp_path, capsys):
+    """rl-train report prints each seed's returns and each group's IQM with its CI; saves both."""
     out = tmp_path / "out"
     assert main(["report", str(runs), "--out", str(out), "--window", "20"]) == 0
     printed, warned = capsys.readouterr()
@@ -97,6 +98,7 @@ def test_report_prints_per_seed_returns_and_the_iqm_with_its_interval(runs, tmp_
 
 
 def test_one_run_directory_and_the_default_window(runs, tmp_path, capsys):
+    """One run directory is a report of its own, over the default 100-episode window."""
     run_dir = next(p for p in runs.iterdir() if p.name.startswith("ppo-CartPole-v1-s1-"))
     assert main(["report", str(run_dir), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
@@ -117,6 +119,7 @@ def test_one_run_directory_and_the_default_window(runs, tmp_path, capsys):
     ],
 )
 def test_bad_paths_are_one_line_and_exit_2(runs, tmp_path, capsys, monkeypatch, args, message):
+    """A path that holds no runs is one error line, exit 2, and no report written."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "EMPTY").mkdir()
     no_episodes = next(p for p in runs.iterdir() if p.name.startswith("no-episodes-"))
@@ -128,6 +131,7 @@ def test_bad_paths_are_one_line_and_exit_2(runs, tmp_path, capsys, monkeypatch, 
 
 
 def test_without_the_report_extra_one_line_names_it(runs, tmp_path):
+    """Without scipy, report says in one line which extra to install."""
     code = ("import sys; sys.modules['scipy'] = None; from rl_training.cli import main; "
             f"sys.exit(main(['report', {str(runs)!r}, '--out', {str(tmp_path)!r}]))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from rl_training import CompositeLogger, TrainConfig
+from rl_training.registry import ALGOS
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.plan import resolve_plan
 from rl_training.testing import assert_sinks_agree, without_wall_clock
@@ -67,7 +68,12 @@ CASES = {
                 "batch_size": 32, "log_interval": 100},
                 {"loss/q", "loss/actor", "train/n_updates"}, [100, 200, 300, 400], box=True),
 }  # fmt: skip
-ALGOS = ["ppo", "a2c", "dqn", "sac", "td3"]
+"""A tiny run of each algorithm: its env, budget, hyperparameters, keys and row steps."""
+
+
+def test_every_algorithm_has_a_tiny_case():
+    """A new algorithm in the registry is run by every test here that covers them all."""
+    assert list(CASES) == list(ALGOS)
 
 
 def config_for(case: Case, output_dir: Path, seed: int = 0, **overrides: Any) -> TrainConfig:

@@ -13,6 +13,7 @@ This module imports pytest; the runtime never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 import pytest
 
 from rl_training.config import TrainConfig
-from rl_training.experiment.logging import Sink
+from rl_training.experiment.logging import STATUSES, CompositeLogger, Sink
 from rl_training.experiment.run import RunContext, create_run_context
 from rl_training.plugins import available_sinks
 
@@ -218,6 +219,11 @@ class SinkContract:
     """Names the sink deliberately writes beside the run directories, in the output
     directory, shared by every run (an MLflow store, say). Anything else it writes
     must be inside the run directory."""
+    drops_points_after_resume_step: ClassVar[bool] = True
+    """Whether the sink, opened with ``RunContext.resume_step`` S, removes what the
+    earlier attempt logged after S (the built-ins do). A store that cannot delete
+    points keeps them and says so in its documentation: set this to ``False`` and the
+    contract checks that the resumed points follow the kept ones."""
 
     def read_back(self, run_context: RunContext) -> Mapping[str, list[tuple[int, float]]] | None:
         """What the closed sink wrote, as ``key -> [(step, value), ...]``.
@@ -231,8 +237,14 @@ class SinkContract:
         return None
 
     def _check_written(
-        self, run_context: RunContext, expected: Mapping[str, list[tuple[int, float]]]
+        self,
+        run_context: RunContext,
+        expected: Mapping[str, list[tuple[int, float]]],
+        *,
+        exactly: bool = True,
     ) -> None:
+        """Each key's points are ``expected`` (``exactly=False``: they hold ``expected``
+        in order, other points between them allowed)."""
         points = self.read_back(run_context)
         if points is None:
             places = [
@@ -244,9 +256,13 @@ class SinkContract:
             return
         for key, want in expected.items():
             got = [(int(step), float(value)) for step, value in points.get(key, [])]
+            if not exactly:
+                rest = iter(got)  # each wanted point found after the one before it
+                assert all(any(_same(w, g) for g in rest) for w in want), (key, want, got)
+                continue
             assert [s for s, _ in got] == [s for s, _ in want], key
-            for (_, a), (_, b) in zip(want, got, strict=True):
-                assert (math.isnan(a) and math.isnan(b)) or a == b, (key, a, b)
+            for w, g in zip(want, got, strict=True):
+                assert _same(w, g), (key, w, g)
 
     @pytest.fixture
     def run_context(self, tmp_path: Path) -> RunContext:
@@ -330,6 +346,37 @@ class SinkContract:
         sink.close()
         sink.close()
 
+    @pytest.mark.parametrize("status", STATUSES)
+    def test_closes_with_each_status(self, run_context: RunContext, status: str) -> None:
+        """A run closed "finished", "failed" or "interrupted" keeps everything it logged."""
+        sink = available_sinks()[self.sink_name].factory(run_context)
+        sink.log_config({"algo": "ppo"})
+        sink.log_metrics({"s/value": 1.5}, 0)
+        sink.log_metrics({"s/value": 2.5}, 7)
+        CompositeLogger({self.sink_name: sink}).close(status)  # as a run closes its sinks
+        self._check_written(run_context, {"s/value": [(0, 1.5), (7, 2.5)]})
+
+    def test_resume_continues_one_history(self, run_context: RunContext) -> None:
+        """Opened again with resume_step S, the sink keeps the points up to S, drops the
+        earlier attempt's after S (see drops_points_after_resume_step), adds the new ones."""
+        factory = available_sinks()[self.sink_name].factory
+        first = factory(run_context)
+        first.log_config({"algo": "ppo"})
+        for step in (0, 10, 20, 30):
+            first.log_metrics({"r/value": float(step)}, step)
+        CompositeLogger({self.sink_name: first}).close("interrupted")
+        second = factory(dataclasses.replace(run_context, resume_step=10))
+        second.log_config({"algo": "ppo"})
+        for step in (20, 30, 40):
+            second.log_metrics({"r/value": step + 0.5, "r/after_resume": 1.0}, step)
+        CompositeLogger({self.sink_name: second}).close("finished")
+        kept, new = [(0, 0.0), (10, 10.0)], [(20, 20.5), (30, 30.5), (40, 40.5)]
+        self._check_written(
+            run_context,
+            {"r/value": kept + new, "r/after_resume": [(step, 1.0) for step, _ in new]},
+            exactly=self.drops_points_after_resume_step,
+        )
+
     def test_writes_only_inside_the_run_directory(self, run_context: RunContext) -> None:
         """Nothing appears outside run_context.run_dir."""
         root = run_context.run_dir.parent.parent
@@ -343,6 +390,11 @@ class SinkContract:
         shared = {output_dir / name for name in self.shared_files}
         outside = {p for p in after - before if not any(p == s or s in p.parents for s in shared)}
         assert outside == set(), outside
+
+
+def _same(a: tuple[int, float], b: tuple[int, float]) -> bool:
+    """Two ``(step, value)`` points are equal (NaN equals NaN)."""
+    return a[0] == b[0] and ((math.isnan(a[1]) and math.isnan(b[1])) or a[1] == b[1])
 
 
 __all__ = [
