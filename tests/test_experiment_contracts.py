@@ -34,14 +34,16 @@ def test_public_names_are_where_the_contract_says():
 
 
 def test_create_training_run_emits_tensorboard_event_file(tiny_config):
-    """Metrics logged through the run land in one TensorBoard event file in tensorboard_dir."""
+    """Metrics logged through the run land in one TensorBoard event file in tensorboard_dir
+    (beside it only the file saying how the session ended; no subdirectory)."""
     config = tiny_config(log_sinks=("json", "tensorboard"))
     with rl_training.create_training_run(config) as run:
         for step in range(3):
             run.logger.log_metrics({"loss/policy": 0.5 * step, "episode/return": 10.0 + step}, step)
-    events = list(run.run_context.tensorboard_dir.glob("events.out.tfevents.*"))
-    assert len(events) == 1
-    assert [p.name for p in run.run_context.tensorboard_dir.iterdir()] == [events[0].name]
+    files = sorted(run.run_context.tensorboard_dir.iterdir())
+    assert all(p.is_file() and p.name.startswith("events.out.tfevents.") for p in files)
+    events = [p for p in files if not p.name.endswith(".session-end")]
+    assert len(events) == 1 and len(files) == 2
     scalars = read_scalars(run.run_context.tensorboard_dir)
     assert scalars["loss/policy"] == [(0, 0.0), (1, 0.5), (2, 1.0)]
     assert scalars["episode/return"] == [(0, 10.0), (1, 11.0), (2, 12.0)]

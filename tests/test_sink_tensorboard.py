@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import shutil
+import time
 
 import pytest
 
 from rl_training.experiment.logging import normalize_config
-from rl_training.experiment.sinks.tensorboard import TensorBoardSink, flatten
+from rl_training.experiment.sinks.tensorboard import EventFileWriter, TensorBoardSink, flatten
 from rl_training.runtime.run_utils import create_run_context
 from rl_training.testing import event_files, load_events, read_scalars
 
@@ -20,7 +23,7 @@ def context(tiny_config):
 def _records(context):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    (path,) = event_files(context.tensorboard_dir)
+    (path,) = [p for p in event_files(context.tensorboard_dir) if p.suffix != ".session-end"]
     return list(EventFileLoader(str(path)).Load())
 
 
@@ -67,7 +70,8 @@ def test_config_as_text_and_hparams_in_the_same_directory(context):
     sink.log_metrics({"episode/return": 9.0}, 0)
     sink.close(status="interrupted")
     assert [p for p in context.tensorboard_dir.iterdir() if p.is_dir()] == []
-    assert len(event_files(context.tensorboard_dir)) == 1
+    main, ended = event_files(context.tensorboard_dir)  # the run's file, how it ended
+    assert ended.name.endswith(".session-end") and not main.name.endswith(".session-end")
 
     accumulator = load_events(context.tensorboard_dir)
     (text_event,) = accumulator.Tensors("config/text_summary")
@@ -119,3 +123,78 @@ def test_other_configs_give_their_own_hparams(context):
 def test_flatten_joins_nested_keys():
     """Nested mappings become dotted keys; lists and empty mappings stay values."""
     assert flatten({"a": {"b": 1, "c": {"d": [1]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1], "e": {}}
+
+
+def _session_status(context) -> str:
+    """The HParams session status TensorBoard's reader takes from the run's files."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+
+    content = load_events(context.tensorboard_dir).PluginTagToContent(hp_metadata.PLUGIN_NAME)
+    end = plugin_data_pb2.HParamsPluginData.FromString(content[hp_metadata.SESSION_END_INFO_TAG])
+    return api_pb2.Status.Name(end.session_end_info.status)
+
+
+def _attempt(context, resume_step, steps, offset=0.0, status="interrupted"):
+    """One attempt of a run: a sink (resumed at ``resume_step``) logging ``x`` at ``steps``."""
+    sink = TensorBoardSink(dataclasses.replace(context, resume_step=resume_step))
+    sink.log_config({"algo": "ppo"})
+    for step in steps:
+        sink.log_metrics({"x": step + offset}, step)
+    sink.close(status)
+
+
+def test_a_fresh_file_starts_its_session_at_step_0(context):
+    """A new run's file opens with SessionLog.START, so its first resume counts as a restart."""
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    sink = TensorBoardSink(context)
+    sink.close()
+    version, start, *_ = _records(context)
+    assert version.file_version == "brain.Event:2"
+    assert (start.step, start.session_log.status) == (0, SessionLog.START)
+
+
+def test_kills_and_resumes_leave_one_curve_per_tag(context):
+    """Each resume drops what earlier attempts logged after its step, as TensorBoard reads it."""
+    _attempt(context, None, (0, 10, 20, 30))
+    _attempt(context, 10, (20, 30, 40), offset=0.5)
+    _attempt(context, 30, (40, 50), offset=0.25, status="finished")
+    assert read_scalars(context.tensorboard_dir)["x"] == [
+        (0, 0.0), (10, 10.0), (20, 20.5), (30, 30.5), (40, 40.25), (50, 50.25)
+    ]  # fmt: skip
+
+
+def test_a_run_written_before_fresh_session_starts_resumes_to_one_curve(context):
+    """A run whose file has no START (earlier versions wrote none) still resumes to one curve."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    old = EventFileWriter(context.tensorboard_dir)  # as earlier versions wrote a fresh run
+    for step in (0, 10, 20, 30):
+        value = Summary.Value(tag="x", simple_value=float(step))
+        old.write(Event(step=step, wall_time=time.time(), summary=Summary(value=[value])))
+    old.close()
+    _attempt(context, 10, (20, 30), offset=0.5, status="finished")
+    assert read_scalars(context.tensorboard_dir)["x"] == [(0, 0.0), (10, 10.0), (20, 20.5),
+                                                          (30, 30.5)]  # fmt: skip
+
+
+def test_a_resumed_run_that_finishes_shows_success_in_hparams(context):
+    """The HParams status is the last attempt's: interrupted, then success after a resume."""
+    _attempt(context, None, (0, 10))
+    assert _session_status(context) == "STATUS_UNKNOWN"  # the hparams enum has no "interrupted"
+    _attempt(context, 10, (20,), status="failed")
+    assert _session_status(context) == "STATUS_FAILURE"
+    _attempt(context, 20, (30,), status="finished")
+    assert _session_status(context) == "STATUS_SUCCESS"
+    ended = [p for p in event_files(context.tensorboard_dir) if p.suffix == ".session-end"]
+    assert len(ended) == 1
+
+
+def test_a_deleted_tensorboard_directory_does_not_block_a_resume(context):
+    """A resume starts tensorboard/ again if it was deleted; the new points are all there."""
+    _attempt(context, None, (0, 10))
+    shutil.rmtree(context.tensorboard_dir)
+    _attempt(context, 10, (20, 30), status="finished")
+    assert read_scalars(context.tensorboard_dir)["x"] == [(20, 20.0), (30, 30.0)]

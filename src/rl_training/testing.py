@@ -77,21 +77,30 @@ def event_files(tb_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def load_events(tb_dir: str | os.PathLike[str]) -> Any:
-    """An ``EventAccumulator`` over ``tb_dir``, fully loaded, keeping every point."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """The ``EventAccumulator`` TensorBoard's server reads ``tb_dir`` with, fully loaded.
 
-    accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "tensors": 0})
+    It is ``plugin_event_accumulator``'s (not the legacy ``event_accumulator``, which
+    purges on every ``SessionLog.START`` and so hides what the server shows), keeping
+    every point; scalars are tensors there (see :func:`read_scalars`).
+    """
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(tb_dir), size_guidance={"tensors": 0})
     accumulator.Reload()
     return accumulator
 
 
 def read_scalars(tb_dir: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
-    """``tag -> [(step, value), ...]`` as TensorBoard's own reader sees ``tb_dir``."""
+    """``tag -> [(step, value), ...]`` as TensorBoard's server reads ``tb_dir``."""
+    from tensorboard.util import tensor_util
+
     accumulator = load_events(tb_dir)
     return {
-        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        for tag in accumulator.Tags()["scalars"]
-    }
+        tag: [(event.step, tensor_util.make_ndarray(event.tensor_proto).item())
+              for event in accumulator.Tensors(tag)]
+        for tag in accumulator.Tags()["tensors"]
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"
+    }  # fmt: skip
 
 
 WALL_CLOCK_KEYS: frozenset[str] = frozenset({"time", "time/sps"})

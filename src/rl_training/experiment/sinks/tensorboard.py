@@ -40,9 +40,19 @@ class TensorBoardSink:
     thread. Every call is one event holding one ``Summary`` with a value per metric.
     The config goes in as a text table and as hparams session info in this same file
     (``SummaryWriter.add_hparams`` would open a subdirectory that TensorBoard lists as
-    a second run). A resumed run (``resume_step`` S) starts its new file with a
-    ``SessionLog.START`` at S + 1: TensorBoard then drops what earlier files hold
-    after S, so each tag keeps one curve.
+    a second run).
+
+    One curve per tag across resumes: TensorBoard's reader takes a run's first
+    ``SessionLog.START`` as its start and every later one as a restart, dropping what
+    came before it at its step or later. A fresh run's file begins with a START at
+    step 0; a resumed run's (``resume_step`` S) with a START at S + 1, written twice
+    where the run's earlier files hold none (a run written by a version before this
+    rule), so that the second counts as the restart.
+
+    How the session ended (HParams tab) goes into a file of its own,
+    ``*.session-end``, that a resume deletes: TensorBoard keeps the first
+    session end it reads, so an interrupted attempt's would otherwise outlive the
+    resume that finishes the run.
     """
 
     def __init__(self, run_context: RunContext) -> None:
@@ -54,10 +64,17 @@ class TensorBoardSink:
         self._summary = Summary
         self._value = Summary.Value
         resume = run_context.resume_step
-        self._writer: EventFileWriter | None = EventFileWriter(run_context.tensorboard_dir)
+        self._dir = run_context.tensorboard_dir
+        starts = 1
         if resume is not None:
+            self._dir.mkdir(exist_ok=True)  # deleted by hand: the resume starts it again
+            for ended in self._dir.glob(f"events.out.tfevents.*{_SESSION_END}"):
+                ended.unlink()
+            starts = 1 if _holds_session_start(self._dir) else 2
+        self._writer: EventFileWriter | None = EventFileWriter(self._dir)
+        for _ in range(starts):
             self._writer.write(
-                Event(step=resume + 1, wall_time=time.time(),
+                Event(step=0 if resume is None else resume + 1, wall_time=time.time(),
                       session_log=SessionLog(status=SessionLog.START))
             )  # fmt: skip
         # One session start per run: a resumed run's is in its first event file already.
@@ -91,7 +108,12 @@ class TensorBoardSink:
         try:
             if self._wrote_session:
                 status_name = _SESSION_STATUS.get(status, "STATUS_UNKNOWN")
-                self._add(_session_end(status_name), None)
+                ended = EventFileWriter(self._dir, suffix=_SESSION_END)
+                try:
+                    ended.write(self._event(wall_time=time.time(),
+                                            summary=_session_end(status_name)))  # fmt: skip
+                finally:
+                    ended.close()
         finally:
             self._writer = None
             writer.close()
@@ -114,11 +136,12 @@ class EventFileWriter:
 
     Args:
         log_dir: The directory of the file (it must exist).
+        suffix: Appended to the file's name (it must still sort after earlier files).
     """
 
     _uid = itertools.count()
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, suffix: str = "") -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
         # TensorBoard reads a directory's event files in name order, and a resumed run
@@ -128,7 +151,7 @@ class EventFileWriter:
         stamp = max([int(time.time()), *(t + 1 for t in stamps if t is not None)])
         name = (
             f"events.out.tfevents.{stamp:010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{next(self._uid)}"
+            f"{os.getpid()}.{next(self._uid)}{suffix}"
         )
         self._file = AppendOnlyFile(log_dir / name, exclusive=True)
         self.write(Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -155,6 +178,35 @@ class EventFileWriter:
     def close(self) -> None:
         """fsync and close the file; a second call does nothing."""
         self._file.close()
+
+
+_SESSION_END = ".session-end"
+"""The name suffix of the event file holding how a session ended."""
+
+
+def _holds_session_start(log_dir: Path) -> bool:
+    """Whether an event file in ``log_dir`` starts with a ``SessionLog.START``.
+
+    Every writer of this sink puts its START right after the file version, so the
+    first two records of each file tell.
+    """
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        with path.open("rb") as file:
+            for _ in range(2):
+                header = file.read(12)
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                data = file.read(length + 4)[:length]
+                try:
+                    event = Event.FromString(data)
+                except Exception:  # noqa: BLE001  # a torn record: no START to find here
+                    break
+                if event.session_log.status == SessionLog.START:
+                    return True
+    return False
 
 
 def _stamp(name: str) -> int | None:
