@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,10 +69,12 @@ def test_report_prints_per_seed_returns_and_the_iqm_with_its_interval(runs, tmp_
         for i, run in enumerate(group["runs"]):
             final, best, episodes = expected(Path(run["run_dir"]), 20)
             finals.append(final)
-            seed, shown_final, shown_best, shown_episodes, _steps, name = lines[
+            seed, shown_final, shown_best, shown_episodes, _steps, budget, status, name = lines[
                 header + 2 + i
             ].split()
             assert name == Path(run["run_dir"]).name
+            assert status == run["status"] == "finished" and run["in_iqm"]
+            assert budget == ("1536" if algo != "custom-loop" else "?")
             assert (float(shown_final), float(shown_best), int(shown_episodes)) == (
                 round(final, 1), round(best, 1), episodes)  # fmt: skip
             assert run["final"] == pytest.approx(final) and run["best"] == pytest.approx(best)
@@ -140,3 +143,45 @@ def test_without_the_report_extra_one_line_names_it(runs, tmp_path):
         "rl-train: error: rl-train report needs scipy: pip install 'rl-training[report]'"
     ]
     assert not (tmp_path / "learning_curves.png").exists()
+
+
+def test_unfinished_runs_are_shown_drawn_to_their_length_and_left_out_of_the_iqm(
+    runs, tmp_path, capsys
+):
+    """An interrupted run: its status and budget listed, its curve to its own end, the IQM
+    over finished runs unless --include-unfinished (and the output says which)."""
+    from rl_training.report import curves, group_runs, read_run
+
+    mine = tmp_path / "runs"
+    for source in sorted(runs.glob("ppo-CartPole-v1-*")):
+        shutil.copytree(source, mine / source.name)
+    short = mine / "ppo-CartPole-v1-s7-interrupted"
+    shutil.copytree(next(iter(sorted(mine.iterdir()))), short)
+    rows = (short / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (short / "metrics.jsonl").write_text("".join(rows[: len(rows) // 2]))
+    info = json.loads((short / "run.json").read_text())
+    (short / "run.json").write_text(json.dumps({**info, "status": "interrupted", "seed": 7}))
+
+    assert main(["report", str(mine), "--out", str(tmp_path / "a"), "--window", "5"]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.endswith(short.name)).split()
+    assert row[0] == "7" and row[5:7] == ["1536", "interrupted"]
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())["groups"][0]
+    finals = [r["final"] for r in saved["runs"] if r["status"] == "finished"]
+    assert saved["iqm"] == pytest.approx(stats.trim_mean(finals, 0.25)) and len(finals) == 2
+    assert "over 2 finished run(s); 1 unfinished left out (--include-unfinished" in printed
+
+    assert main(["report", str(mine), "--out", str(tmp_path / "b"), "--window", "5",
+                 "--include-unfinished"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "b" / "report.json").read_text())["groups"][0]
+    assert saved["iqm"] == pytest.approx(stats.trim_mean([r["final"] for r in saved["runs"]],
+                                                         0.25))  # fmt: skip
+    assert "over 3 run(s)" in printed and all(r["in_iqm"] for r in saved["runs"])
+
+    (group,) = group_runs(read_run(p, 5) for p in sorted(mine.iterdir()))
+    steps, mean, low, high = curves(group)
+    ends = sorted(int(run.steps[-1]) for run in group.runs)
+    assert steps[-1] == ends[-1]  # the longest run is drawn to its end...
+    assert np.isfinite(mean).all()  # ...its mean over the runs still there
+    assert np.isnan(low[steps > ends[0]]).all() and np.isfinite(low[steps <= ends[0]]).all()

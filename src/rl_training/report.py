@@ -58,6 +58,16 @@ class RunResult:
     returns: np.ndarray
     """Each episode's return."""
     window: int
+    status: str = "unknown"
+    """``run.json``'s status: ``finished``, ``interrupted``, ``failed``, ``running``
+    (or killed), ``unknown`` (no ``run.json``)."""
+    budget: int | None = None
+    """The run's ``total_timesteps``, where its config says."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run spent its budget (``run.json`` says ``finished``)."""
+        return self.status == "finished"
 
     @property
     def smoothed(self) -> np.ndarray:
@@ -89,6 +99,8 @@ class Group:
     runs: list[RunResult] = field(default_factory=list)
     iqm: float = math.nan
     ci: tuple[float, float] = (math.nan, math.nan)
+    counted: list[RunResult] = field(default_factory=list)
+    """The runs the IQM is over: the finished ones, unless unfinished are included."""
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -150,6 +162,7 @@ def read_run(run_dir: Path, window: int) -> RunResult | None:
     algo = info.get("algo") or config.get("algo") or _STAMP_RE.sub("", name)
     env_id = info.get("env_id") or config.get("env_id") or "-"
     seed = info.get("seed", config.get("seed"))
+    budget = config.get("total_timesteps")
     return RunResult(
         run_dir=run_dir,
         algo=str(algo),
@@ -158,6 +171,8 @@ def read_run(run_dir: Path, window: int) -> RunResult | None:
         steps=np.asarray(steps, dtype=np.int64),
         returns=np.asarray(returns, dtype=np.float64),
         window=window,
+        status=str(info.get("status") or "unknown"),
+        budget=budget if isinstance(budget, int) and not isinstance(budget, bool) else None,
     )
 
 
@@ -213,26 +228,45 @@ def bootstrap_ci(
     return interval.low, interval.high
 
 
-def summarise(group: Group) -> None:
-    """Set the group's IQM of final returns and its 95 % bootstrap interval."""
-    finals = np.array([run.final for run in group.runs])
+def summarise(group: Group, *, include_unfinished: bool = False) -> None:
+    """Set the group's IQM of final returns and its 95 % bootstrap interval, over its
+    finished runs (every run with ``include_unfinished``); NaN over none."""
+    group.counted = [r for r in group.runs if include_unfinished or r.finished]
+    if not group.counted:
+        group.iqm, group.ci = math.nan, (math.nan, math.nan)
+        return
+    finals = np.array([run.final for run in group.counted])
     group.iqm = float(iqm(finals))
     low, high = bootstrap_ci(finals, iqm)
     group.ci = (float(low), float(high))
 
 
 def curves(group: Group) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(steps, mean, low, high)``: the runs' smoothed returns on a common step axis
-    (up to the shortest run's last episode), their mean and 95 % bootstrap band."""
-    end = min(int(run.steps[-1]) for run in group.runs)
+    """``(steps, mean, low, high)`` on a step axis up to the longest run's last episode.
+
+    ``mean`` is over the runs that reached each step (each run counts up to its own
+    last episode, so a short run neither cuts the curve nor drags it); ``low`` and
+    ``high``, the 95 % bootstrap band, are drawn where every run is present (NaN after
+    the shortest run's end).
+    """
     start = max(int(run.steps[0]) for run in group.runs)
+    end = max(int(run.steps[-1]) for run in group.runs)
     grid = np.unique(np.linspace(start, max(end, start), CURVE_POINTS).astype(np.int64))
-    values = np.stack(
-        [run.smoothed[np.searchsorted(run.steps, grid, side="right") - 1] for run in group.runs]
-    )  # (runs, points): the latest smoothed return at or before each step
-    mean = values.mean(axis=0)
-    low, high = bootstrap_ci(values, np.mean, axis=0)
-    return grid, mean, np.asarray(low), np.asarray(high)
+    values = np.stack([_on_grid(run, grid) for run in group.runs])  # (runs, points)
+    present = np.isfinite(values)
+    mean = np.where(present, values, 0.0).sum(axis=0) / present.sum(axis=0)
+    low, high = (np.full(grid.shape, math.nan) for _ in range(2))
+    everyone = present.all(axis=0)
+    if everyone.any():
+        low[everyone], high[everyone] = bootstrap_ci(values[:, everyone], np.mean, axis=0)
+    return grid, mean, low, high
+
+
+def _on_grid(run: RunResult, grid: np.ndarray) -> np.ndarray:
+    """The run's latest smoothed return at or before each step of ``grid``; NaN past
+    its last episode."""
+    values = run.smoothed[np.searchsorted(run.steps, grid, side="right") - 1]
+    return np.where(grid <= run.steps[-1], values, math.nan)
 
 
 PANEL_INCHES = (6.0, 4.0)
@@ -257,17 +291,37 @@ def plot(groups: Sequence[Group], path: Path) -> tuple[int, int]:
             steps, mean, low, high = curves(group)
             label = f"{group.algo} ({len(group.runs)} run{'s' * (len(group.runs) != 1)})"
             (line,) = ax.plot(steps, mean, label=label)
-            if np.isfinite(low).all():
+            for run in group.runs:  # each run to its own length; unfinished ones dashed
+                ax.plot(steps, _on_grid(run, steps), color=line.get_color(), alpha=0.3,
+                        linewidth=0.8, linestyle="-" if run.finished else "--")  # fmt: skip
+            if np.isfinite(low).any():
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.25)
         ax.set_title(env_id)
         ax.set_xlabel("environment steps")
         ax.set_ylabel(f"episode return (mean of last {groups[0].runs[0].window})")
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
-    figure.suptitle("mean over runs, shaded: 95% bootstrap confidence interval")
+    figure.suptitle(
+        "thick: mean over the runs at each step; thin: each run (dashed: unfinished); "
+        "shaded: 95% bootstrap CI"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     return round(width * DPI), round(height * DPI)
+
+
+def _iqm_line(group: Group, include_unfinished: bool) -> str:
+    """The group's IQM, CI and worst final return, saying which runs they are over."""
+    left_out = len(group.runs) - len(group.counted)
+    over = f"over {len(group.counted)} {'' if include_unfinished else 'finished '}run(s)"
+    if left_out:
+        over += f"; {left_out} unfinished left out (--include-unfinished counts them)"
+    if not group.counted:
+        return f"IQM of final returns n/a: no finished run ({over})"
+    return (
+        f"IQM of final returns {_fmt(group.iqm)}, 95% CI [{_fmt(group.ci[0])}, "
+        f"{_fmt(group.ci[1])}]; worst {min(r.final for r in group.counted):.1f} ({over})"
+    )
 
 
 def _check_extra() -> None:
@@ -296,11 +350,15 @@ def report(
     out: str | Path = "report",
     *,
     window: int = 100,
+    include_unfinished: bool = False,
     stream: TextIO,
     warn: TextIO,
 ) -> list[Group]:
     """Print the tables for ``paths``' runs and write ``out/learning_curves.png`` and
     ``out/report.json``.
+
+    Every run is listed with its status and budget and drawn to its own length; the
+    IQM is over the finished runs only, unless ``include_unfinished``.
 
     Raises:
         ValueError: bad paths, no run with ``episode/return``, or a bad ``window``.
@@ -322,17 +380,17 @@ def report(
         raise ConfigError(f"report: none of the {len(run_dirs)} run(s) logged {RETURN_KEY}")
     groups = group_runs(results)
     for group in groups:
-        summarise(group)
+        summarise(group, include_unfinished=include_unfinished)
         print(f"{group.algo} on {group.env_id}: {len(group.runs)} run(s), returns = mean of "
               f"the last {window} episodes", file=stream)  # fmt: skip
-        print(f"  {'seed':>8}  {'final':>9}  {'best':>9}  {'episodes':>8}  {'steps':>10}  run",
-              file=stream)  # fmt: skip
+        print(f"  {'seed':>8}  {'final':>9}  {'best':>9}  {'episodes':>8}  {'steps':>10}  "
+              f"{'budget':>10}  {'status':<11}  run", file=stream)  # fmt: skip
         for run in group.runs:
+            budget = "?" if run.budget is None else str(run.budget)
             print(f"  {run.seed:>8}  {run.final:>9.1f}  {run.best:>9.1f}  {len(run.returns):>8}"
-                  f"  {int(run.steps[-1]):>10}  {run.run_dir.name}", file=stream)  # fmt: skip
-        print(f"  IQM of final returns {_fmt(group.iqm)}, 95% CI [{_fmt(group.ci[0])}, "
-              f"{_fmt(group.ci[1])}]; worst {min(r.final for r in group.runs):.1f}",
-              file=stream)  # fmt: skip
+                  f"  {int(run.steps[-1]):>10}  {budget:>10}  {run.status:<11}  "
+                  f"{run.run_dir.name}", file=stream)  # fmt: skip
+        print(f"  {_iqm_line(group, include_unfinished)}", file=stream)
     out = Path(out)
     png = out / "learning_curves.png"
     width, height = plot(groups, png)
@@ -350,14 +408,18 @@ def report(
                     "best": r.best,
                     "episodes": len(r.returns),
                     "steps": int(r.steps[-1]),
+                    "budget": r.budget,
+                    "status": r.status,
+                    "in_iqm": r in g.counted,
                 }  # fmt: skip
                 for r in g.runs
             ],
         }
         for g in groups
     ]
+    settings = {"window": window, "include_unfinished": include_unfinished}
     (out / "report.json").write_text(
-        json.dumps({"window": window, "groups": summary}, indent=2, allow_nan=False),
+        json.dumps({**settings, "groups": summary}, indent=2, allow_nan=False),
         encoding="utf-8",
     )
     print(f"learning curves: {png} ({width}x{height})", file=stream)
