@@ -73,7 +73,7 @@ def test_create_run_with_json_only_leaves_no_tensorboard_directory(tmp_path):
     with create_run("plain", output_dir=tmp_path, log_sinks="json") as run:
         run.logger.log_metrics({"x": 1}, 0)
     assert sorted(p.name for p in run.run_dir.iterdir()) == [
-        ".lock", "config.json", "metrics.jsonl", "run.json"
+        "config.json", "metrics.jsonl", "run.json"
     ]  # fmt: skip
 
 

@@ -169,13 +169,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-RESUMABLE_FIELDS: tuple[str, ...] = ("total_timesteps",)
-"""The fields a resume may change; every other one is the run's own."""
+RESUMABLE_FIELDS: tuple[str, ...] = ("total_timesteps", "device")
+"""The fields a resume may change (a larger budget, another device); every other
+one is the run's own."""
 
 
 def fixed_on_resume() -> tuple[str, ...]:
-    """The fields a checkpoint keeps and a resume takes from it: all but the budget
-    (which may grow) and ``output_dir`` (the run directory's parent)."""
+    """The fields a resume takes from the checkpoint as they are: all but
+    :data:`RESUMABLE_FIELDS` and ``output_dir`` (the run directory's parent)."""
     return tuple(
         f.name
         for f in dataclasses.fields(TrainConfig)

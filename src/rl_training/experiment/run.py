@@ -12,13 +12,13 @@ import contextlib
 import errno
 import getpass
 import importlib.metadata as metadata
-import json
 import os
 import platform
 import re
 import shutil
 import socket
 import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import is_dataclass
 from datetime import datetime, timezone
@@ -37,9 +37,9 @@ from rl_training.experiment.logging import (
 from rl_training.plugins import PluginManager, SinkInfo, discover_sinks
 from rl_training.runtime.context import (
     RunContext,
-    RunFiles,
     RunLock,
     json_bytes,
+    remove_stray_temporaries,
     rewrite_in_place,
     write_json_atomic,
 )
@@ -171,8 +171,6 @@ class TrainingRun:
         self._info: dict[str, Any] = {}
         if not writer:
             return
-        if lock is not None:
-            lock.mark()
         self._info = normalize_config(
             info or _run_info(run_context, logger.sink_names, self.world.size)
         )
@@ -187,6 +185,13 @@ class TrainingRun:
     def run_dir(self) -> Path:
         """The run directory."""
         return self.run_context.run_dir
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id in ``run.json`` (``None`` in processes that do not write the run):
+        checkpoints carry it, so that a resume can tell a copied-in checkpoint."""
+        run_id = self._info.get("run_id")
+        return run_id if isinstance(run_id, str) else None
 
     def close(self, status: str = "finished") -> None:
         """Flush and close every sink, record ``status`` in ``run.json``, release the lock.
@@ -343,7 +348,7 @@ def _new_run(
     made, ``output_dir`` too if this call made it."""
     made_output_dir = not output_dir.exists()
     context = _new_context(output_dir, prefix, run_suffix, config)
-    lock = RunLock(context.lock_path)
+    lock = RunLock(context.run_dir)
     try:
         lock.acquire()  # a directory this call just made: the lock is free
         return open_run(context, lock=lock, **how)
@@ -362,7 +367,7 @@ def lock_run(run_dir: Path) -> RunLock:
     Raises:
         RunInUseError: a live process has the run open.
     """
-    lock = RunLock(RunFiles(run_dir).lock)
+    lock = RunLock(run_dir)
     if not lock.acquire():
         raise RunInUseError(
             f"run {run_dir} is in use by a live process (pid {lock.holder()}); "
@@ -379,28 +384,30 @@ def reopen_training_run(
     *,
     strict: bool = False,
     plugin_manager: PluginManager | None = None,
+    info: Mapping[str, Any] | None = None,
+    plan: Plan | None = None,
 ) -> TrainingRun:
     """Open an existing run again, in place, to continue it from ``resume_step``.
 
     The caller holds the run's ``lock`` (see :func:`lock_run`); it passes to the run.
     Sinks get ``RunContext.resume_step`` and drop what the earlier attempt logged
-    after it; ``run.json`` goes back to ``"running"`` and records the resume.
+    after it; ``run.json`` (``info``, as the caller read it; a new one if ``None``)
+    goes back to ``"running"`` and records the resume.
 
     Raises:
         ValueError: as :func:`create_training_run`, before anything changes on disk.
         SinkCreationError: a sink's factory raised.
     """
     infos = discover_sinks(plugin_manager).resolve(config.log_sinks)
-    plan = resolve_plan(config)
+    plan = plan if plan is not None else resolve_plan(config)
     context = RunContext(config=config, run_dir=run_dir, resume_step=resume_step)
-    try:
-        info = json.loads(context.run_info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if info is None:
         info = _run_info(context, tuple(config.log_sinks), plan.world.size)
+    info = {"run_id": uuid.uuid4().hex, **info}  # runs of earlier versions get an id now
     info.update(status="running", end_time=None)
-    info.setdefault("resumes", []).append(
-        {"step": resume_step, "time": _utc_now(), "command": list(sys.argv), "pid": os.getpid()}
-    )
+    remove_stray_temporaries(run_dir)  # what killed processes left of atomic writes
+    this = {"step": resume_step, "time": _utc_now(), "command": list(sys.argv), "pid": os.getpid()}
+    info["resumes"] = [*info.get("resumes", []), this]
     return open_run(context, sinks=infos, lock=lock, plan=plan, strict=strict, info=info)
 
 
@@ -496,6 +503,7 @@ def _run_info(
         user = None
     return {
         "name": context.name,
+        "run_id": uuid.uuid4().hex,
         "status": "running",
         "start_time": _utc_now(),
         "end_time": None,

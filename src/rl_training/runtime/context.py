@@ -6,8 +6,11 @@ import it, and it imports neither.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rl_training.config import TrainConfig
+from rl_training.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,6 @@ class RunFiles:
     MODEL: ClassVar[str] = "model.pt"
     BEST_MODEL: ClassVar[str] = "best_model.pt"
     CHECKPOINT: ClassVar[str] = "checkpoint.pt"
-    LOCK: ClassVar[str] = ".lock"
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -67,11 +70,6 @@ class RunFiles:
     def checkpoint(self) -> Path:
         """``checkpoint.pt``: the latest checkpoint, replaced atomically."""
         return self.run_dir / self.CHECKPOINT
-
-    @property
-    def lock(self) -> Path:
-        """``.lock``: locked while a process has the run open."""
-        return self.run_dir / self.LOCK
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,10 +126,53 @@ class RunContext:
         """``run_dir / "checkpoint.pt"``: the latest checkpoint, replaced atomically."""
         return self.files.checkpoint
 
-    @property
-    def lock_path(self) -> Path:
-        """``run_dir / ".lock"``: locked while a process has the run open."""
-        return self.files.lock
+
+class LinkInRunError(ConfigError):
+    """A file of a run directory is a symbolic link, which rl-training never follows."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} is a symbolic link; rl-training does not follow links in a run "
+            "directory (put the file itself there, or remove the link)"
+        )
+
+
+def open_run_file(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` for a file of a run directory: never through a symbolic link.
+
+    Raises:
+        LinkInRunError: ``path`` is a symbolic link.
+        OSError: as ``os.open``.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise LinkInRunError(path) from None
+        raise
+
+
+def read_run_file(path: Path) -> str:
+    """The UTF-8 text of a file of a run directory, read without following a link.
+
+    Raises:
+        LinkInRunError: ``path`` is a symbolic link.
+        FileNotFoundError: there is no such file.
+    """
+    with os.fdopen(open_run_file(path, os.O_RDONLY), "rb") as file:
+        return file.read().decode("utf-8", "replace")
+
+
+def check_no_links(files: RunFiles) -> None:
+    """Refuse a run directory in which a run file, or ``tensorboard/``, is a symbolic link.
+
+    Raises:
+        LinkInRunError: naming the first one.
+    """
+    for path in (files.run_info, files.config, files.metrics, files.checkpoint, files.model,
+                 files.best_model, files.tensorboard_dir):  # fmt: skip
+        if path.is_symlink():
+            raise LinkInRunError(path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -149,9 +190,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def json_bytes(data: Any) -> bytes:
-    """Pretty, key-sorted, strict JSON as UTF-8 (invalid Unicode escaped), ending in a newline."""
-    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    """Pretty, key-sorted, strict JSON as UTF-8 (invalid Unicode escaped), ending in a newline.
+
+    Non-finite floats, which strict JSON has no spelling for, are the strings
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (as in ``metrics.jsonl``).
+    """
+    text = json.dumps(_finite(data), indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
     return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -160,8 +215,9 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     Raises:
         OSError: it cannot be written; the old file is kept, no temporary file is left.
     """
-    with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
+    with replacing(path) as tmp:
+        with os.fdopen(open_run_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+            f.write(data)
 
 
 @contextmanager
@@ -172,10 +228,10 @@ def replacing(path: Path) -> Iterator[Path]:
     never a partial one. On any error (a full disk, an interrupt) the temporary
     file is removed and the old file stays.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
+        fd = open_run_file(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -190,11 +246,23 @@ def replacing(path: Path) -> Iterator[Path]:
         raise
 
 
+def temporary_path(path: Path) -> Path:
+    """Where :func:`replacing` writes ``path`` before renaming it: ``.<name>.<pid>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def remove_stray_temporaries(run_dir: Path) -> None:
+    """Remove what killed processes left of :func:`replacing` in ``run_dir``."""
+    for path in run_dir.glob(".*.tmp"):
+        if re.fullmatch(r"\..+\.\d+\.tmp", path.name) and not path.is_dir():
+            path.unlink(missing_ok=True)
+
+
 def rewrite_in_place(path: Path, data: bytes) -> None:
     """Overwrite ``path`` with ``data`` without a second file: the last resort on a
     full disk, where :func:`replacing` has no room for its temporary file. Not atomic:
     a process killed mid-write can leave ``path`` truncated."""
-    with open(path, "r+b") as f:
+    with os.fdopen(open_run_file(path, os.O_RDWR), "r+b") as f:
         f.truncate(0)  # frees the old blocks first: a file of about the same size fits
         f.write(data)
         f.flush()
@@ -216,8 +284,8 @@ class AppendOnlyFile:
 
     def __init__(self, path: Path, *, exclusive: bool = False) -> None:
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        self._fd: int | None = os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_EXCL if exclusive else 0)
+        self._fd: int | None = open_run_file(path, flags)
         self._size = os.fstat(self._fd).st_size
 
     def append(self, data: bytes) -> None:
@@ -254,19 +322,24 @@ class AppendOnlyFile:
 class RunLock:
     """An exclusive lock on a run directory, held while a process has the run open.
 
-    ``flock`` on ``run_dir / ".lock"``: the kernel releases it when the process
-    ends in any way, ``SIGKILL`` included, so a dead run never stays locked.
+    ``flock`` on the run directory itself: no lock file that could be deleted under a
+    live run, nothing written to take it, and the kernel releases it when the
+    process ends in any way, ``SIGKILL`` included, so a dead run never stays locked.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
         self._fd: int | None = None
 
     def acquire(self) -> bool:
-        """Take the lock; ``False`` if another process holds it."""
+        """Take the lock; ``False`` if another process holds it.
+
+        Raises:
+            OSError: ``run_dir`` is not a directory.
+        """
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -278,18 +351,13 @@ class RunLock:
         self._fd = fd
         return True
 
-    def mark(self) -> None:
-        """Write this process's pid into the lock file, for :meth:`holder` (once the
-        run is really open: a refused resume leaves the file as it was)."""
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
-
     def holder(self) -> str:
-        """The pid written by the process holding the lock, or ``"?"``."""
+        """The pid of the process that has the run open (from ``run.json``), or ``"?"``."""
         try:
-            return self.path.read_text().strip() or "?"
-        except OSError:
+            info = json.loads(RunFiles(self.run_dir).run_info.read_text(encoding="utf-8"))
+            resumes = info.get("resumes") or [info]
+            return str(resumes[-1]["pid"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return "?"
 
     def release(self) -> None:

@@ -67,6 +67,7 @@ def resume(
     run_dir: str | Path,
     *,
     total_timesteps: int | None = None,
+    device: str | None = None,
     strict: bool = False,
     progress: RowObserver | RunObserver | None = None,
 ) -> TrainResult:
@@ -80,20 +81,26 @@ def resume(
     Args:
         run_dir: A run directory holding ``checkpoint.pt``.
         total_timesteps: A new budget (larger than S); by default the run's own.
+        device: Where to continue (``"cpu"``, ``"cuda"``...); by default the run's own.
         strict: A sink that raises stops training instead of being dropped.
         progress: As for :func:`train`.
 
     Raises:
         FileNotFoundError: ``run_dir`` holds no checkpoint.
         ValueError: the run already finished and no larger budget was given, the new
-            budget is not above S, or the run is in use by a live process; nothing
-            changed on disk.
+            budget is not above S, the checkpoint is another run's, ``run.json`` is
+            malformed, a run file is a symbolic link, the env or device is not
+            available here, or the run is in use by a live process; nothing changed
+            on disk.
         KeyboardInterrupt: as for :func:`train`.
     """
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(RunFiles(run_dir).checkpoint)
-    with graceful_stop(), joined(checkpoint.config["algo"], checkpoint.config["device"]):
-        with open_resumed_run(run_dir, total_timesteps, checkpoint, strict=strict) as run:
+    device = device if device is not None else checkpoint.config["device"]
+    with graceful_stop(), joined(checkpoint.config["algo"], device):
+        with open_resumed_run(
+            run_dir, total_timesteps, checkpoint, device=device, strict=strict
+        ) as run:
             observe(run, progress)
             return fit(run, checkpoint)
 

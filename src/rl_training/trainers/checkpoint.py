@@ -228,11 +228,13 @@ class Checkpointer:
         spaces: tuple[gym.Space[Any], gym.Space[Any]],
         writer: bool,
         world_size: int,
+        run_id: str | None = None,
     ) -> None:
         self.files = files
         """The run directory's files."""
         self._config, self._spaces = config, spaces
         self._writer, self._world_size = writer, world_size
+        self._run = {"run_id": run_id} if run_id is not None else {}
         self._written_at = -1
 
     def save(self, steps: int, trainer_state: Callable[[], Any], extra: Mapping[str, Any]) -> None:
@@ -248,7 +250,7 @@ class Checkpointer:
             step=steps,
             state=trainer_state(),
             spaces=self._spaces,
-            extra={"world_size": self._world_size, **extra},
+            extra={"world_size": self._world_size, **self._run, **extra},
         )
         self._written_at = steps
 

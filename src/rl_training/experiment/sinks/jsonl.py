@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl_training.hookspecs import hookimpl
-from rl_training.runtime.context import AppendOnlyFile, write_json_atomic
+from rl_training.runtime.context import AppendOnlyFile, open_run_file, write_json_atomic
 
 if TYPE_CHECKING:
     from rl_training.experiment.logging import Scalar, SinkFactory
@@ -67,7 +68,7 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     ``truncate``, which a reader sees whole or not at all.
     """
     try:
-        f = open(path, "rb+")  # noqa: SIM115  # closed below
+        f = os.fdopen(open_run_file(path, os.O_RDWR), "rb+")
     except FileNotFoundError:
         return
     with f:
