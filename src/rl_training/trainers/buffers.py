@@ -89,16 +89,19 @@ class RolloutBuffer:
         ``gamma * V(final_obs)`` for truncated episodes, so an episode end never
         bootstraps across the reset. Computed on the host in one pass: one copy of
         the values there and one copy of the result back, instead of a kernel per step.
+        Non-finite rewards or values give non-finite advantages without a numpy
+        warning: the run's loss check names them (``NonFiniteError``).
         """
         values = torch.cat([self.values[:length], last_value.unsqueeze(0)]).cpu().numpy()
         rewards, not_done = self.rewards[:length], 1.0 - self.dones[:length]
-        deltas = rewards + gamma * values[1:] * not_done - values[:-1]
-        decay = gamma * gae_lambda * not_done
-        advantages = np.empty_like(deltas)
-        running = np.zeros(deltas.shape[1], dtype=np.float32)
-        for t in range(length - 1, -1, -1):
-            running = deltas[t] + decay[t] * running
-            advantages[t] = running
+        with np.errstate(invalid="ignore", over="ignore"):
+            deltas = rewards + gamma * values[1:] * not_done - values[:-1]
+            decay = gamma * gae_lambda * not_done
+            advantages = np.empty_like(deltas)
+            running = np.zeros(deltas.shape[1], dtype=np.float32)
+            for t in range(length - 1, -1, -1):
+                running = deltas[t] + decay[t] * running
+                advantages[t] = running
         adv = torch.from_numpy(advantages).to(self.device, non_blocking=True)
         return adv, adv + self.values[:length]
 

@@ -6,8 +6,9 @@ Glossary: ``obs`` observation, ``n_envs`` parallel environments.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_training.errors import EnvError
 from rl_training.experiment.logging import Logger
 
 RETURN_MEAN_WINDOW = 100
@@ -32,11 +34,16 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVector
     the next step overwrites (:class:`EnvStepper` copies them once, as it converts
     them; gymnasium's ``deepcopy`` of every step costs more than that copy).
     """
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: gym.make(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        copy=False,
-    )
+    try:
+        envs = gym.vector.SyncVectorEnv(
+            [lambda: gym.make(env_id) for _ in range(num_envs)],
+            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+            copy=False,
+        )
+    except Exception as error:  # noqa: BLE001  # the env's own code: any error, one line
+        raise EnvError(
+            f"env {env_id!r} could not be made: {type(error).__name__}: {error}"
+        ) from error
     envs.action_space.seed(seed)
     envs.single_action_space.seed(seed)
     return envs
@@ -147,8 +154,10 @@ class EnvStepper:
         seed: int,
         *,
         replicas: int = 1,
+        env_id: str = "env",
     ) -> None:
         self._envs = envs
+        self._env_id = env_id
         self._device = device
         self._space = envs.single_observation_space
         self._episodes = episodes
@@ -165,11 +174,23 @@ class EnvStepper:
 
         The observations are ``(num_envs, obs_size)`` on the device.
         """
-        raw, _ = self._envs.reset(seed=seed)
+        with self._env_errors("reset"):
+            raw, _ = self._envs.reset(seed=seed)
         raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self._episodes.restart()
         self.obs = obs_to_tensor(raw, self._space, self._device)
         return self.obs
+
+    @contextlib.contextmanager
+    def _env_errors(self, call: str) -> Iterator[None]:
+        """Turn an error of the env's own code into one :class:`EnvError` line."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001  # the env's own code: any error
+            raise EnvError(
+                f"env {self._env_id!r} failed in {call}() at step {self.steps}: "
+                f"{type(error).__name__}: {error} (its observation space is {self._space})"
+            ) from error
 
     @property
     def vector_steps(self) -> int:
@@ -182,7 +203,8 @@ class EnvStepper:
         Afterwards :attr:`obs` holds the observations to act on next (a new episode's
         first where one ended).
         """
-        raw, reward, terminated, truncated, infos = self._envs.step(actions)
+        with self._env_errors("step"):
+            raw, reward, terminated, truncated, infos = self._envs.step(actions)
         raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self.steps += self.step_size
         done = terminated | truncated

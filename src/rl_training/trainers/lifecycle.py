@@ -15,7 +15,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -23,11 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from rl_training.config import TrainConfig
-from rl_training.errors import ConfigError
+from rl_training.errors import ConfigError, NonFiniteError
 from rl_training.experiment.logging import RowObserver
 from rl_training.experiment.run import TrainingRun, lock_run, reopen_training_run
 from rl_training.registry import get_spec
-from rl_training.runtime.context import RunContext, RunFiles
+from rl_training.runtime.context import RunContext, RunFiles, check_no_links, read_run_file
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.distributed import (
     World,
@@ -109,17 +109,27 @@ def joined(algo: str, device: str) -> Iterator[World]:
 
 
 def open_resumed_run(
-    run_dir: Path, total_timesteps: int | None, checkpoint: Checkpoint, *, strict: bool = False
+    run_dir: Path,
+    total_timesteps: int | None,
+    checkpoint: Checkpoint,
+    *,
+    device: str | None = None,
+    strict: bool = False,
 ) -> TrainingRun:
     """Check that ``run_dir`` can be resumed from ``checkpoint``, lock it, open it in place.
 
-    Under torchrun, rank 0 checks and opens the run and the other ranks follow it;
-    the run must be resumed by as many processes as it was trained by.
+    Everything is checked before anything in the directory changes: the lock, that
+    ``run.json`` is readable and the checkpoint is this run's, the budget, and the
+    config against this machine (env, device, the env's spaces against the
+    checkpoint's). Under torchrun, rank 0 checks and opens the run and the other
+    ranks follow it; the run must be resumed by as many processes as it was trained by.
 
     Raises:
         ValueError: the run already finished and no larger budget was given, the new
-            budget is not above the checkpoint's step, another number of processes,
-            or the run is in use by a live process; nothing changed on disk.
+            budget is not above the checkpoint's step, the checkpoint belongs to
+            another run, ``run.json`` is malformed, the env or device is not available,
+            another number of processes, or the run is in use by a live process;
+            nothing changed on disk.
     """
     world = current_world("open_resumed_run")
 
@@ -129,14 +139,19 @@ def open_resumed_run(
 
     return opened_by_rank_zero(
         world,
-        lambda: _reopen(run_dir, total_timesteps, strict, checkpoint, world),
+        lambda: _reopen(run_dir, total_timesteps, device, strict, checkpoint, world),
         lambda run: run.plan.config if run.plan is not None else None,
         follow,
     )
 
 
 def _reopen(
-    run_dir: Path, total_timesteps: int | None, strict: bool, checkpoint: Checkpoint, world: World
+    run_dir: Path,
+    total_timesteps: int | None,
+    device: str | None,
+    strict: bool,
+    checkpoint: Checkpoint,
+    world: World,
 ) -> TrainingRun:
     trained_by = int(checkpoint.extra.get("world_size", 1))
     if trained_by != world.size:
@@ -147,25 +162,41 @@ def _reopen(
         )
     lock = lock_run(run_dir)
     try:
-        config = resumed_config(run_dir, total_timesteps, checkpoint)
-        return reopen_training_run(run_dir, config, checkpoint.step, lock, strict=strict)
+        check_no_links(RunFiles(run_dir))
+        info = read_run_info(run_dir)
+        check_same_run(run_dir, info, checkpoint)
+        config = resumed_config(run_dir, total_timesteps, checkpoint, device=device, info=info)
+        plan = resolve_plan(config, world)
+        _check_spaces(run_dir, plan, checkpoint)
+        return reopen_training_run(
+            run_dir, config, checkpoint.step, lock, strict=strict, info=info, plan=plan
+        )
     except BaseException:
         lock.release()
         raise
 
 
 def resumed_config(
-    run_dir: Path, total_timesteps: int | None, checkpoint: Checkpoint
+    run_dir: Path,
+    total_timesteps: int | None,
+    checkpoint: Checkpoint,
+    *,
+    device: str | None = None,
+    info: Mapping[str, Any] | None = None,
 ) -> TrainConfig:
-    """The run's config from its checkpoint, with the new budget if one is given.
+    """The run's config from its checkpoint, with the new budget and device if given.
+
+    A run whose budget is spent but whose ``run.json`` does not say ``"finished"``
+    (it failed writing its model) resumes without a larger budget: to save its model.
 
     Raises:
         ValueError: the run finished and no larger budget was given, or the budget
             is not above the checkpoint's step.
     """
     step, fields = checkpoint.step, dict(checkpoint.config)
+    finished = (info or {}).get("status") == "finished" or info is None
     if total_timesteps is None:
-        if _run_status(run_dir) == "finished" or step >= fields["total_timesteps"]:
+        if step >= fields["total_timesteps"] and finished:
             raise ConfigError(
                 f"run {run_dir} already finished at step {step}; pass a larger "
                 "total_timesteps (--total-timesteps) to train it further"
@@ -177,15 +208,72 @@ def resumed_config(
         )
     else:
         fields["total_timesteps"] = total_timesteps
+    if device is not None:
+        fields["device"] = device
     return TrainConfig(**fields, output_dir=run_dir.parent)
 
 
-def _run_status(run_dir: Path) -> str | None:
+def read_run_info(run_dir: Path) -> dict[str, Any] | None:
+    """``run.json`` of ``run_dir``; ``None`` if there is none.
+
+    Raises:
+        ValueError: it is there but not a JSON object (it is never replaced silently).
+    """
+    path = RunFiles(run_dir).run_info
     try:
-        status = json.loads(RunFiles(run_dir).run_info.read_text(encoding="utf-8"))["status"]
-    except (OSError, ValueError, KeyError, TypeError):
+        text = read_run_file(path)
+    except FileNotFoundError:
         return None
-    return status if isinstance(status, str) else None
+    try:
+        info = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(
+            f"{path} is not valid JSON ({error}); fix or remove it to resume"
+        ) from None
+    if not isinstance(info, dict):
+        raise ConfigError(
+            f"{path} holds a {type(info).__name__}, not a JSON object; fix or remove it"
+        )
+    return info
+
+
+def check_same_run(run_dir: Path, info: Mapping[str, Any] | None, checkpoint: Checkpoint) -> None:
+    """Refuse a checkpoint that another run wrote (copied into this directory).
+
+    A checkpoint names its run (``run_id``, as ``run.json`` does); checkpoints and
+    runs of earlier versions, without one, are compared by algorithm, env and seed.
+
+    Raises:
+        ValueError: naming both runs.
+    """
+    if info is None:
+        return
+    theirs, ours = checkpoint.extra.get("run_id"), info.get("run_id")
+    fields = ("algo", "env_id", "seed")
+    if theirs is not None and ours is not None:
+        foreign = theirs != ours
+    else:
+        foreign = any(k in info and info[k] != checkpoint.config.get(k) for k in fields)
+    if foreign:
+        raise ConfigError(
+            f"{RunFiles(run_dir).checkpoint} belongs to another run "
+            f"({', '.join(f'{k} {checkpoint.config.get(k)!r}' for k in fields)}), not to "
+            f"{run_dir.name} ({', '.join(f'{k} {info.get(k)!r}' for k in fields)}); "
+            "resume the run it came from"
+        )
+
+
+def _check_spaces(run_dir: Path, plan: Plan, checkpoint: Checkpoint) -> None:
+    """Refuse an env whose spaces are no longer the ones the run was trained on."""
+    for kind, now, then in (
+        ("observation", plan.observation_space, checkpoint.observation_space),
+        ("action", plan.action_space, checkpoint.action_space),
+    ):
+        if now != then:
+            raise ConfigError(
+                f"env {plan.config.env_id!r} now has the {kind} space {now}; run "
+                f"{run_dir.name} was trained on {then} and cannot continue on it"
+            )
 
 
 # -- training in an open run --------------------------------------------------------------
@@ -225,8 +313,11 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
             if session.replicas is not None:  # every rank starts from rank 0's weights
                 session.replicas.broadcast_(_module_tensors(trainer))
 
-            # Train, evaluating and checkpointing on the way
+            # Train, evaluating and checkpointing on the way; never from non-finite weights
+            run.logger.add_observer(_finite_losses)
+
             def save(steps: int) -> None:
+                _check_finite_weights(trainer, steps)
                 extra = {"evaluation": evaluator.state_dict()} if evaluator is not None else {}
                 checkpointer.save(steps, trainer.state_dict, extra)
 
@@ -243,6 +334,7 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                 signum = requested_stop()
                 # Under torchrun the stop may be another rank's (torchrun sends SIGTERM).
                 raise interrupt_for(signum if signum is not None else signal.SIGTERM)
+            _check_finite_weights(trainer, session.steps)
             checkpointer.save_model(
                 algo=plan.spec.name, hyperparams=plan.hp, modules=saved_modules(trainer)
             )
@@ -259,6 +351,38 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
         wall_time_s=wall_time,
         mean_return=session.episodes.mean_return_last(RESULT_WINDOW),
         episodes=session.episodes.count,
+    )
+
+
+def _finite_losses(metrics: Mapping[str, Any], step: int) -> None:
+    """Stop the run at the first logged loss that is NaN or infinite (a row observer)."""
+    for key, value in metrics.items():
+        if key.startswith("loss/") and isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError(
+                f"{key} is {value} at step {step}: training diverged (a NaN or infinite "
+                "observation or reward, or too large a learning rate); the run's files "
+                "keep the last finite weights"
+            )
+
+
+def _check_finite_weights(trainer: Trainer, step: int) -> None:
+    """Raise before anything is saved from weights that are NaN or infinite.
+
+    One host sync for all the modules; run when a checkpoint or model is written.
+    """
+    modules = saved_modules(trainer)
+    tensors = [p.detach().reshape(-1) for m in modules.values() for p in m.parameters()]
+    if not tensors or bool(torch.isfinite(torch.cat(tensors)).all()):
+        return
+    name = next(
+        f"{module_name}.{param_name}"
+        for module_name, module in modules.items()
+        for param_name, param in module.named_parameters()
+        if not bool(torch.isfinite(param).all())
+    )
+    raise NonFiniteError(
+        f"weights {name} are not finite at step {step}: training diverged; the run's "
+        "files keep the last finite weights"
     )
 
 
@@ -297,6 +421,7 @@ def _checkpointer(run: TrainingRun, plan: Plan) -> Checkpointer:
         spaces=(plan.observation_space, plan.action_space),
         writer=plan.world.is_writer,
         world_size=plan.world.size,
+        run_id=run.run_id,
     )
 
 

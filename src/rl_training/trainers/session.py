@@ -149,7 +149,9 @@ class Session(Generic[H]):
             envs=envs,
             generator=generator,
             episodes=episodes,
-            stepper=EnvStepper(envs, episodes, plan.device, seed, replicas=world.size),
+            stepper=EnvStepper(
+                envs, episodes, plan.device, seed, replicas=world.size, env_id=config.env_id
+            ),  # fmt: skip
             timer=timer,
             log=PeriodicLog(logger, timer, hp.log_interval, config.total_timesteps),
             replicas=Replicas(world, plan.device) if world.distributed else None,
