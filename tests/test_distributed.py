@@ -20,6 +20,7 @@ import torch
 
 from rl_training import TrainConfig, load_policy, reduce_metrics
 from rl_training.registry import ALGOS, get_spec
+from rl_training.runtime.context import RunLock
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.distributed import World, launch_world
 from rl_training.runtime.plan import resolve_plan
@@ -195,7 +196,7 @@ def test_a_rank_that_fails_ends_every_rank_and_the_run_failed(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed"
     assert elapsed < 60, elapsed
-    assert not (run_dir / ".lock").exists() or info["status"] != "running"
+    assert RunLock(run_dir).acquire()  # no rank left holding the run
 
 
 CUSTOM_LOOP = textwrap.dedent(
@@ -337,3 +338,56 @@ def test_train_in_processes_torchrun_started(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "finished" and info["summary"]["episodes"] == said[0][2]
     assert not (run_dir / "tensorboard").exists()  # json only: no empty directory
+
+
+def rl_train_ranks(*args: str, cwd: Path) -> subprocess.Popen:
+    """``rl-train --nproc-per-node 2 ...`` in its own process group, as a terminal runs it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "rl_training", "--nproc-per-node", "2", *args], cwd=cwd,
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def test_nproc_per_node_trains_one_run_on_two_ranks(tmp_path):
+    """rl-train --nproc-per-node 2 is torchrun --standalone: one run, world size 2, exit 0."""
+    proc = rl_train_ranks("--algo", "ppo", "--env-id", "CartPole-v1", "--total-timesteps", "512",
+                          "--device", "cpu", "--output-dir", "runs", "--quiet", *TINY["ppo"],
+                          cwd=tmp_path)  # fmt: skip
+    code, out, err = finish(proc)
+    assert code == 0, err[-3000:]
+    run_dir = only_run(tmp_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["world_size"] == 2
+    assert sum(line.startswith("run ") for line in out.splitlines()) == 1, out
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_nproc_per_node_stops_cleanly_on_ctrl_c_and_sigterm(tmp_path, signum, code):
+    """Ctrl-C or SIGTERM to the launcher: every rank checkpoints, exit 130 / 143, one line."""
+    proc = rl_train_ranks("--algo", "ppo", "--env-id", "CartPole-v1", "--total-timesteps",
+                          "5000000", "--device", "cpu", "--output-dir", "runs", "--quiet",
+                          *TINY["ppo"], cwd=tmp_path)  # fmt: skip
+    run_dir = _wait_for_row(tmp_path / "runs", proc)
+    os.killpg(proc.pid, signum)  # what a terminal (or a scheduler) does
+    returncode, out, err = finish(proc, timeout=90)
+    assert returncode == code, err[-3000:]
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "interrupted" in err and run_dir.name in out
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert load_checkpoint(run_dir / "checkpoint.pt").step == info["summary"]["steps"] > 0
+
+
+def test_nproc_per_node_bad_input_is_rank_zeros_one_line(tmp_path):
+    """An algorithm without torchrun support: rank 0's one line, exit 2, no run directory."""
+    proc = rl_train_ranks("--algo", "dqn", "--env-id", "CartPole-v1", "--total-timesteps",
+                          "1000", "--output-dir", "runs", cwd=tmp_path)  # fmt: skip
+    code, _, err = finish(proc, timeout=90)
+    assert code == 2, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "rl-train: error: algo: 'dqn' does not train on several processes yet "
+        "(WORLD_SIZE=2); run it in one process, or use ppo or a2c under torchrun"
+    ]
+    assert not (tmp_path / "runs").exists()

@@ -22,6 +22,7 @@ from rl_training import TrainConfig, create_training_run, evaluate, train
 from rl_training.experiment.logging import SinkFailureWarning
 from rl_training.plugins import PluginLoadWarning, discover_sinks
 from rl_training.testing import assert_sinks_agree, read_jsonl, read_scalars
+from rl_training.trainers.checkpoint import load_checkpoint
 
 RL_TRAIN = [sys.executable, "-m", "rl_training"]
 TINY = [arg for hp in ("num_envs=2", "n_steps=32", "batch_size=32", "n_epochs=1")
@@ -107,6 +108,30 @@ def test_full_disk_run_ends_failed_with_one_line(tmp_path):
         rows = read_jsonl(run_dir / "metrics.jsonl")  # strict: fails on a partial line
         assert rows and read_scalars(run_dir / "tensorboard")["episode/return"]
         assert not [p.name for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_disk_full_at_model_pt_leaves_a_failed_run_that_resumes_to_write_it(tmp_path):
+    """No room left for model.pt alone (a tmpfs out of inodes right after the final
+    checkpoint): run.json says failed, and resume agrees, writing the model."""
+    with tmpfs(tmp_path / "disk", "nr_inodes=9") as disk:  # the root + 7 run files + 1
+        args = ("--algo", "ppo", "--env-id", "CartPole-v1", "--total-timesteps", "256",
+                "--checkpoint-every", "0", "--output-dir", str(disk / "runs"), "--quiet",
+                "--log-sinks", "json,tensorboard", "--hp", "n_steps=32", "--hp", "num_envs=2",
+                "--hp", "batch_size=32")  # fmt: skip
+        result = rl_train(*args)
+        assert result.returncode == 1, result.stderr
+        assert "model.pt" in result.stderr and "No space left on device" in result.stderr
+        (run_dir,) = (disk / "runs").iterdir()
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+        assert load_checkpoint(run_dir / "checkpoint.pt").step == 256  # the budget was spent
+        assert not (run_dir / "model.pt").exists()
+        subprocess.run(["mount", "-o", "remount,nr_inodes=64", str(disk)], check=True)
+        resumed = rl_train("--resume", str(run_dir), "--quiet")
+        assert resumed.returncode == 0, resumed.stderr
+        assert (run_dir / "model.pt").is_file()
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+        again = rl_train("--resume", str(run_dir))
+        one_error_line(again, 2, "already finished")  # and now the two agree
 
 
 def test_full_disk_drops_the_sinks_with_a_warning_and_keeps_whole_lines(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from rl_training import TrainConfig, resume, train
-from rl_training.testing import assert_sinks_agree, read_jsonl, without_wall_clock
+from rl_training.testing import assert_sinks_agree, read_jsonl, read_scalars, without_wall_clock
 from rl_training.trainers.checkpoint import load_checkpoint
 
 RL_TRAIN = [sys.executable, "-m", "rl_training"]
@@ -65,8 +66,9 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0):
     pytest.fail("timed out waiting for rl-train")
 
 
-def checkpoint_with_rows_after(out: Path):
-    """The run directory once it has a checkpoint and rows logged after its step."""
+def checkpoint_with_rows_after(out: Path, after: int = 0):
+    """The run directory once it has a checkpoint past step ``after`` and rows logged
+    after the checkpoint's step."""
     runs = list(out.glob("*/checkpoint.pt")) if out.exists() else []
     if not runs:
         return None
@@ -76,7 +78,7 @@ def checkpoint_with_rows_after(out: Path):
         last = read_jsonl(run_dir / "metrics.jsonl")[-1]["step"]
     except (ValueError, OSError, EOFError, RuntimeError):  # mid-write: try again
         return None
-    return run_dir if last > step + 500 else None
+    return run_dir if step > after and last > step + 500 else None
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -202,9 +204,9 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert fragment in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR);"
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], 0);"
          " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
-         str(done.run_dir / ".lock")], stdout=subprocess.PIPE, text=True,
+         str(done.run_dir)], stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -214,3 +216,240 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         holder.communicate(timeout=30)
     assert result.returncode == 2 and "in use by a live process" in result.stderr, result.stderr
     assert snapshot(done.run_dir) == before
+
+
+class TensorBoardServer:
+    """``tensorboard --logdir`` on a free port of 127.0.0.1, asked over its HTTP API."""
+
+    def __init__(self, logdir: Path, load_fast: bool) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+             "--host", "127.0.0.1", "--port", "0", f"--load_fast={str(load_fast).lower()}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.url = ""
+        deadline = time.monotonic() + 60
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline and not self.url:  # its banner names the port
+            line = self.proc.stderr.readline()
+            if not line and self.proc.poll() is not None:
+                pytest.fail(f"tensorboard ended ({self.proc.returncode})")
+            if " at http://127.0.0.1:" in line:
+                self.url = line.split(" at ")[1].split()[0].rstrip("/")
+        if not self.url:
+            self.close()
+            pytest.fail("tensorboard did not start within 60 s")
+
+    def get(self, path: str, body: dict | None = None):
+        """The JSON answer to ``path`` (a POST of ``body`` where one is given)."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310  # 127.0.0.1
+            return json.loads(answer.read())
+
+    def scalars(self, tag: str, want_last_step: int) -> list[tuple[int, float]]:
+        """The server's ``(step, value)`` points of ``tag`` once it has read up to the end."""
+        from urllib.parse import quote
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = self.get("/data/runs")
+            tags = self.get("/data/plugin/scalars/tags") if runs else {}
+            if runs and tag in tags.get(runs[0], {}):
+                query = f"run={quote(runs[0])}&tag={quote(tag)}"
+                points = self.get(f"/data/plugin/scalars/scalars?{query}")
+                if points and points[-1][1] == want_last_step:
+                    return [(step, value) for _, step, value in points]
+            time.sleep(0.5)
+        pytest.fail(f"tensorboard did not serve {tag!r} up to step {want_last_step} in 60 s")
+
+    def session_statuses(self) -> list[str]:
+        """The HParams tab's session status of every run."""
+        groups = self.get("/data/plugin/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                "STATUS_RUNNING"],
+        })["sessionGroups"]  # fmt: skip
+        return [session["status"] for group in groups for session in group["sessions"]]
+
+    def close(self) -> None:
+        """Stop the server and its process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+
+
+def _killed_after_a_checkpoint(proc: subprocess.Popen, out: Path, after: int) -> Path:
+    """SIGKILL ``proc`` once its run has a checkpoint past ``after`` and rows beyond it."""
+    try:
+        run_dir = wait_for(lambda: checkpoint_with_rows_after(out, after), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    return run_dir
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["python-reader", "rust-data-server"])
+def test_tensorboards_own_server_shows_one_curve_after_kills_and_resumes(tmp_path, load_fast):
+    """Killed twice and resumed: TensorBoard's server shows JSONL's points once, status success."""
+    out = tmp_path / "runs"
+    run_dir = _killed_after_a_checkpoint(start_rl_train(out, "--checkpoint-every", "1000"), out, 0)
+    first = load_checkpoint(run_dir / "checkpoint.pt").step
+    again = subprocess.Popen(
+        [*RL_TRAIN, "--resume", str(run_dir), "--quiet"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    _killed_after_a_checkpoint(again, out, first)
+    second = load_checkpoint(run_dir / "checkpoint.pt").step
+    done = run_cli("--resume", str(run_dir), "--total-timesteps", str(second + 640), "--quiet")
+    assert done.returncode == 0, done.stderr
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    want = [(row["step"], row["loss/policy"]) for row in rows if "loss/policy" in row]
+    assert len({step for step, _ in want}) == len(want)  # one row per update step in JSONL
+    server = TensorBoardServer(out, load_fast)
+    try:
+        served = server.scalars("loss/policy", want[-1][0])
+        assert [step for step, _ in served] == [step for step, _ in want]
+        assert [value for _, value in served] == pytest.approx([v for _, v in want], rel=1e-6)
+        assert server.session_statuses() == ["STATUS_SUCCESS"]
+    finally:
+        server.close()
+
+
+def _resume_cli(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``rl-train --resume run_dir --total-timesteps 512 ...`` to completion."""
+    return run_cli("--resume", str(run_dir), "--total-timesteps", "512", "--quiet", *extra)
+
+
+def _refused(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_nothing_changes(tmp_path):
+    """Another run's checkpoint copied in (another algorithm, or the same one) is refused."""
+    ours = train(config(tmp_path, "ppo", total=128)).run_dir
+    sac = train(config(tmp_path, "sac", total=64)).run_dir
+    twin = train(config(tmp_path, "ppo", total=128)).run_dir  # the same algo, env and seed
+    own = (ours / "checkpoint.pt").read_bytes()
+    for other in (sac, twin):
+        shutil.copy(other / "checkpoint.pt", ours / "checkpoint.pt")
+        before = snapshot(ours)
+        _refused(_resume_cli(ours), "belongs to another run")
+        assert snapshot(ours) == before
+    (ours / "checkpoint.pt").write_bytes(own)
+    assert _resume_cli(ours).returncode == 0
+
+
+def test_a_malformed_run_json_is_refused_and_kept(tmp_path):
+    """run.json that is not a JSON object stops the resume; it is not replaced."""
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    for text in ('{"status": "finished",', "[1, 2]"):
+        (run_dir / "run.json").write_text(text)
+        before = snapshot(run_dir)
+        _refused(_resume_cli(run_dir), "run.json")
+        assert snapshot(run_dir) == before
+
+
+def test_symlinks_in_a_run_directory_are_refused_and_nothing_outside_is_written(tmp_path):
+    """A run file, or tensorboard/, linked elsewhere: one line, the target untouched."""
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("metrics.jsonl", "run.json", "config.json", "tensorboard"):
+        original = run_dir / f"{name}.orig"
+        (run_dir / name).rename(original)
+        target = outside / name
+        if original.is_dir():
+            shutil.copytree(original, target)
+        else:
+            shutil.copy(original, target)
+        (run_dir / name).symlink_to(target)
+        before, elsewhere = snapshot(run_dir), snapshot(outside)
+        _refused(_resume_cli(run_dir), "is a symbolic link")
+        assert snapshot(run_dir) == before and snapshot(outside) == elsewhere
+        (run_dir / name).unlink()
+        original.rename(run_dir / name)
+    assert _resume_cli(run_dir).returncode == 0
+
+
+def test_an_env_that_is_gone_is_refused_before_anything_changes(tmp_path):
+    """A run of an env whose module was removed: one line naming it, the run as it was."""
+    module = tmp_path / "gone_envs.py"
+    module.write_text(
+        "from gymnasium.envs.classic_control import CartPoleEnv\n"
+        "from gymnasium.envs.registration import register\n"
+        "register(id='Gone-v0', entry_point=CartPoleEnv, max_episode_steps=200)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    done = subprocess.run(
+        [*RL_TRAIN, "--algo", "ppo", "--env-id", "gone_envs:Gone-v0", "--total-timesteps",
+         "128", "--output-dir", str(tmp_path / "runs"), "--quiet", *PPO_TINY],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    module.unlink()
+    before = snapshot(run_dir)
+    result = subprocess.run(
+        [*RL_TRAIN, "--resume", str(run_dir), "--total-timesteps", "256", "--quiet"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    _refused(result, "gone_envs")
+    assert snapshot(run_dir) == before
+
+
+def test_a_cuda_run_continues_on_the_cpu_with_device(tmp_path):
+    """A checkpoint saying cuda: refused in one line where there is no CUDA, resumed with
+    --device cpu (the device is the one thing besides the budget a resume may change)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal cannot happen here")
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    payload["config"]["device"] = "cuda"  # as a run trained on a GPU saved it
+    torch.save(payload, run_dir / "checkpoint.pt")
+    before = snapshot(run_dir)
+    _refused(_resume_cli(run_dir), "CUDA")
+    assert snapshot(run_dir) == before
+    assert _resume_cli(run_dir, "--device", "cpu").returncode == 0
+    assert json.loads((run_dir / "config.json").read_text())["device"] == "cpu"
+    assert load_checkpoint(run_dir / "checkpoint.pt").config["device"] == "cpu"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_resume_removes_what_killed_writes_left_and_survives_a_deleted_tensorboard(tmp_path):
+    """Stray .checkpoint.pt.<pid>.tmp files go; a deleted tensorboard/ starts again."""
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    stray = [run_dir / ".checkpoint.pt.4242.tmp", run_dir / ".run.json.77.tmp"]
+    for path in stray:
+        path.write_bytes(b"half a file")
+    shutil.rmtree(run_dir / "tensorboard")
+    assert _resume_cli(run_dir).returncode == 0
+    assert not any(path.exists() for path in stray)
+    steps = [step for step, _ in read_scalars(run_dir / "tensorboard")["loss/policy"]]
+    assert steps and min(steps) > 128
+
+
+def test_ctrl_c_as_a_resume_starts_is_the_clean_interrupt(tmp_path):
+    """SIGINT in the first second of --resume (imports, checks, the open run): exit 130
+    and one line, never a traceback."""
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    for delay in (0.15, 0.3, 0.6, 1.0):
+        proc = subprocess.Popen(
+            [*RL_TRAIN, "--resume", str(run_dir), "--total-timesteps", "100000000", "--quiet"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 130, (delay, stderr)
+        assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, (delay, stderr)
+        assert json.loads((run_dir / "run.json").read_text())["status"] != "running"

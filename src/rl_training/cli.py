@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -23,10 +24,10 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from rl_training import hyperparams as hp_module
 from rl_training.config import TrainConfig
-from rl_training.errors import ConfigError
+from rl_training.errors import ConfigError, EnvError, NonFiniteError
 from rl_training.experiment.run import SinkCreationError
 from rl_training.registry import ALGOS, get_spec
-from rl_training.runtime.distributed import OtherRankFailed, launch_world
+from rl_training.runtime.distributed import OtherRankFailed, World, check_supported, launch_world
 from rl_training.runtime.signals import Terminated, graceful_stop, ignore_stop_signals
 
 if TYPE_CHECKING:
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--run-suffix", help="appended to the run directory's name")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train (or resume) as N processes on this machine, as torchrun --standalone "
+        "would; Ctrl-C and SIGTERM end every rank cleanly (exit 130 / 143)",
+    )
     parser.add_argument("--list-sinks", action="store_true", help="list installed sinks and exit")
     parser.add_argument(
         "--list-hyperparams", action="store_true", help="list --algo's hyperparameters and exit"
@@ -114,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.nproc_per_node is not None and "WORLD_SIZE" not in os.environ:
+        return _launch(args, argv)
     try:
         # Under torchrun every rank runs this; rank 0 speaks for the run.
         _Say.quiet = launch_world().rank != 0
@@ -138,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_OS_ERROR, str(error))
     except OtherRankFailed:  # rank 0 reports it
         return EXIT_OS_ERROR
+    except (NonFiniteError, EnvError) as error:  # the run is "failed"; one line says why
+        rank = launch_world().rank  # this rank's env or numbers: it speaks, whichever it is
+        where = f" (rank {rank})" if rank else ""
+        print(f"rl-train: error{where}: {error}", file=sys.stderr)
+        return EXIT_OS_ERROR
 
 
 class _Say:
@@ -159,16 +174,27 @@ def build_report_parser() -> argparse.ArgumentParser:
                         help="where learning_curves.png and report.json go")  # fmt: skip
     parser.add_argument("--window", type=int, default=100,
                         help="episodes a return is averaged over (default: 100)")  # fmt: skip
+    parser.add_argument("--include-unfinished", action="store_true",
+                        help="count interrupted, failed and killed runs in the IQM too "
+                        "(by default it is over finished runs; every run is listed)")  # fmt: skip
     return parser
 
 
 def report_main(argv: Sequence[str]) -> int:
-    """``rl-train report RUN_DIR... [--out DIR] [--window N]``; returns the exit status."""
+    """``rl-train report RUN_DIR... [--out DIR] [--window N] [--include-unfinished]``;
+    returns the exit status."""
     from rl_training.report import MissingExtraError, report
 
     args = build_report_parser().parse_args(argv)
     try:
-        report(args.runs, args.out, window=args.window, stream=sys.stdout, warn=sys.stderr)
+        report(
+            args.runs,
+            args.out,
+            window=args.window,
+            include_unfinished=args.include_unfinished,
+            stream=sys.stdout,
+            warn=sys.stderr,
+        )
     except ConfigError as error:
         return _fail(EXIT_BAD_INPUT, str(error))
     except MissingExtraError as error:
@@ -176,6 +202,34 @@ def report_main(argv: Sequence[str]) -> int:
     except OSError as error:
         return _fail(EXIT_OS_ERROR, describe_os_error(error))
     return 0
+
+
+def _launch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``--nproc-per-node N``: the same command as N ranks (without the option), once
+    what the command line alone can tell is checked here, before any rank starts."""
+    from rl_training.runtime.launcher import launch_ranks
+
+    nproc = args.nproc_per_node
+    try:
+        if args.resume is None and args.evaluate is None and not args.list_sinks:
+            config = config_from_args(args)
+            check_supported(config.algo, get_spec(config.algo).distributed,
+                            World(rank=0, size=max(nproc, 1)))  # fmt: skip
+    except ConfigError as error:
+        return _fail(EXIT_BAD_INPUT, str(error))
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            rest.append(arg)
+    try:
+        return launch_ranks(nproc, rest)
+    except ConfigError as error:
+        return _fail(EXIT_BAD_INPUT, str(error))
 
 
 def _fail(code: int, message: str) -> int:
@@ -380,11 +434,12 @@ def _resume(args: argparse.Namespace) -> int:
     if fixed:
         raise ConfigError(
             f"--resume continues a run as it was configured; {', '.join(fixed)} "
-            "cannot change (only --total-timesteps can)"
+            "cannot change (only --total-timesteps and --device can)"
         )
+    device = args.device if "device" in given_config_fields(args) else None
     return _drive(
         args, lambda progress: resume(args.resume, total_timesteps=args.total_timesteps,
-                                      progress=progress),
+                                      device=device, progress=progress),
     )  # fmt: skip
 
 
