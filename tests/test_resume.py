@@ -453,3 +453,25 @@ def test_ctrl_c_as_a_resume_starts_is_the_clean_interrupt(tmp_path):
         assert proc.returncode == 130, (delay, stderr)
         assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, (delay, stderr)
         assert json.loads((run_dir / "run.json").read_text())["status"] != "running"
+
+
+def test_a_corrupt_checkpoint_is_refused_and_nothing_changes(tmp_path):
+    """A truncated checkpoint.pt: one line naming it; rows, run.json and events as they were."""
+    run_dir = train(config(tmp_path, total=128)).run_dir
+    data = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    before = snapshot(run_dir)
+    _refused(_resume_cli(run_dir), "checkpoint.pt is not a readable checkpoint file")
+    assert snapshot(run_dir) == before
+
+
+def test_a_live_run_cannot_be_resumed_by_a_second_process(tmp_path):
+    """While rl-train trains, --resume of its directory is refused naming the live pid."""
+    proc = start_rl_train(tmp_path / "runs", "--checkpoint-every", "500")
+    try:
+        run_dir = wait_for(lambda: checkpoint_with_rows_after(tmp_path / "runs"), proc)
+        result = run_cli("--resume", str(run_dir), "--total-timesteps", "100000000")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    _refused(result, f"in use by a live process (pid {proc.pid})")
