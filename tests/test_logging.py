@@ -20,6 +20,8 @@ from rl_training.experiment.logging import (
 class Recorder:
     """A sink that records every call, sharing one journal with its siblings."""
 
+    delivery = "inline"  # these tests are about the composite's own, in-thread fan-out
+
     def __init__(self, name, journal):
         self.name = name
         self.journal = journal

@@ -231,14 +231,17 @@ def test_plugin_sink_receives_status_on_close(tiny_config, install_plugin):
     assert lines[1:] == ["metrics 4 [('a', 1.5), ('b', 2)]", "close interrupted"]
 
 
-def test_strict_run_raises_sink_errors(tiny_config, install_plugin):
-    """create_training_run(strict=True) re-raises a sink's error instead of dropping it."""
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_strict_run_raises_sink_errors(tiny_config, install_plugin, delivery):
+    """create_training_run(strict=True) re-raises a sink's error instead of dropping it: an
+    inline sink's from the call, a background sink's from a later call or the close."""
     install_plugin(
-        "rl-training-flaky",
-        """
+        f"rl-training-flaky-{delivery}",
+        f"""
         import rl_training
 
         class Flaky:
+            delivery = {delivery!r}
             def __init__(self, run_context):
                 pass
             def log_config(self, config):
@@ -250,12 +253,15 @@ def test_strict_run_raises_sink_errors(tiny_config, install_plugin):
 
         @rl_training.hookimpl
         def rl_training_log_sinks():
-            return {"flaky": Flaky}
+            return {{"flaky_{delivery}": Flaky}}
         """,
     )
-    with create_training_run(tiny_config(log_sinks=("json", "flaky")), strict=True) as run:
-        with pytest.raises(RuntimeError, match="flaky store"):
+    run = create_training_run(tiny_config(log_sinks=("json", f"flaky_{delivery}")), strict=True)
+    with pytest.raises(RuntimeError, match="flaky store"):
+        with run:
             run.logger.log_metrics({"m": 1.0}, 0)
+            if delivery == "background":
+                run.close()  # the error surfaces at the latest when the sink is closed
     assert read_jsonl(run.run_context.metrics_path)[0]["m"] == 1.0
 
 

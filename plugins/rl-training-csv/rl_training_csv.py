@@ -27,6 +27,9 @@ class CsvSink:
     (``run_context.resume_step`` S) keeps the rows up to S and appends after them.
     """
 
+    delivery = "inline"
+    """Called in the training thread: a row is in ``progress.csv`` when ``log_metrics`` returns."""
+
     def __init__(self, run_context: Any) -> None:
         self.path = run_context.run_dir / "progress.csv"
         self.columns: list[str] = list(FIXED)

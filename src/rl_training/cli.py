@@ -485,6 +485,11 @@ def _drive(args: argparse.Namespace, start: Callable[[Progress], TrainResult]) -
         f"mean return {mean} (last 20 episodes)",
         flush=True,
     )
+    for name, stats in run.logger.delivery_stats().items():  # say it when a sink lost calls
+        if stats["dropped"] or stats["undelivered"] or stats["error"]:
+            error = f"; error: {stats['error']}" if stats["error"] else ""
+            print(f"sink {name}: {stats['calls']} calls, {stats['dropped']} dropped (queue "
+                  f"full), {stats['undelivered']} undelivered{error}", flush=True)  # fmt: skip
     if run.plan is not None and "tensorboard" in run.plan.config.log_sinks:
         print(f"view: tensorboard --logdir {run.run_dir.parent}", flush=True)
     return 0

@@ -19,6 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Union, runtime_check
 
 import numpy as np
 
+from rl_training.experiment.delivery import (
+    BackgroundSink,
+    DeliveryStats,
+    close_timeout,
+    delivery_of,
+    queue_size,
+)
 from rl_training.runtime.signals import ROW_GUARD, raise_interrupt
 
 if TYPE_CHECKING:
@@ -107,21 +114,45 @@ class SinkFailureWarning(RuntimeWarning):
 class CompositeLogger:
     """Fan every call out, in order, to a set of named sinks.
 
+    A sink that declares ``delivery = "inline"`` is called in the caller's thread; any
+    other is fed through a :class:`~rl_training.experiment.delivery.BackgroundSink`
+    (its own thread and bounded queue), so it never holds the caller back.
+
     Args:
         sinks: Sink name -> sink. The order is the fan-out order.
         strict: Raise a sink's error (after every other sink got the call) instead
             of warning once and dropping that sink.
+
+    Raises:
+        ValueError: a sink declares an unknown delivery, ``RL_TRAINING_SINK_QUEUE`` is
+            not a positive integer or ``RL_TRAINING_SINK_CLOSE_TIMEOUT`` not a number of
+            seconds.
     """
 
     def __init__(self, sinks: Mapping[str, Sink], *, strict: bool = False) -> None:
-        self._sinks: dict[str, Sink] = dict(sinks)
         self._strict = strict
         self._closed = False
         self._observers: list[RowObserver] = []
         # Keys already checked: a row's keys repeat, so each is checked once per logger.
         self._known_keys: set[str] = set()
+        self._stats = {name: DeliveryStats(delivery_of(name, s)) for name, s in sinks.items()}
+        background = any(s.delivery == "background" for s in self._stats.values())
+        capacity, timeout = (queue_size(), close_timeout()) if background else (0, 0.0)
         # Decided once: whether each sink's close() takes the status keyword.
-        self._close_takes_status = {name: _accepts_status(s) for name, s in self._sinks.items()}
+        self._close_takes_status = {name: _accepts_status(s) for name, s in sinks.items()}
+        self._sinks: dict[str, Sink] = {}
+        for name, sink in sinks.items():
+            if self._stats[name].delivery == "background":
+                sink = BackgroundSink(name, sink, takes_status=self._close_takes_status[name],
+                                      stats=self._stats[name], capacity=capacity,
+                                      close_timeout=timeout)  # fmt: skip
+                self._close_takes_status[name] = True
+            self._sinks[name] = sink
+
+    def delivery_stats(self) -> dict[str, dict[str, Any]]:
+        """Per sink: its delivery, calls, dropped, undelivered and error (``run.json``'s
+        ``"sinks"``), the sinks dropped after an error included."""
+        return {name: stats.as_dict() for name, stats in self._stats.items()}
 
     @property
     def sink_names(self) -> tuple[str, ...]:
@@ -198,6 +229,8 @@ class CompositeLogger:
                 if isinstance(error, KeyboardInterrupt):
                     raise
                 errors.append(error)
+                if self._stats[name].error is None:
+                    self._stats[name].error = f"{type(error).__name__}: {error}"
                 self._report(name, "close", error)
         self._sinks.clear()
         if errors and self._strict:
@@ -220,6 +253,8 @@ class CompositeLogger:
         with ROW_GUARD:  # an interrupt waits until every sink has this call
             for name, sink in list(self._sinks.items()):
                 try:
+                    if self._stats[name].delivery == "inline":
+                        self._stats[name].calls += 1  # a background sink counts its own
                     getattr(sink, method)(*args)
                 except BaseException as error:  # one sink must not stop the rest...
                     if isinstance(error, KeyboardInterrupt):  # ...but Ctrl-C stops everything
@@ -233,6 +268,8 @@ class CompositeLogger:
 
     def _drop(self, name: str, method: str, error: BaseException) -> None:
         sink = self._sinks.pop(name)
+        if self._stats[name].error is None:
+            self._stats[name].error = f"{type(error).__name__}: {error}"
         self._report(name, method, error)
         try:  # release its files; it has been reported already, so stay quiet
             if self._close_takes_status[name]:

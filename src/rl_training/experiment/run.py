@@ -218,6 +218,7 @@ class TrainingRun:
                 try:
                     _remove_if_empty(self.run_context.tensorboard_dir)
                     self._info.update(status=status, end_time=_utc_now())
+                    self._info["sinks"] = self.logger.delivery_stats()
                     if self.summary is not None:
                         self._info["summary"] = normalize_config(self.summary)
                     _write_run_info(self.run_context.run_info_path, self._info)

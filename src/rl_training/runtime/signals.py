@@ -71,6 +71,8 @@ class _State:
     """Depth of :func:`shielded` blocks, in which a second signal is ignored."""
     graceful = False
     """Whether a :func:`graceful_stop` block is open (an inner one does nothing)."""
+    hurry = False
+    """A second stop signal came while a run was being closed (:func:`shielded`)."""
 
 
 def interrupt_for(signum: int) -> KeyboardInterrupt:
@@ -88,7 +90,8 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
         _State.requested = signum  # the loop stops at its next whole-state point
         return
     if _State.shielded:
-        return  # the run is being closed already: let it finish
+        _State.hurry = True  # the run is being closed already: let it finish, but fast
+        return
     ignore_stop_signals()  # from now on the run is only being closed
     raise_interrupt(interrupt_for(signum))
 
@@ -116,7 +119,7 @@ def graceful_stop(*, restore: bool = True) -> Iterator[None]:
         # already requested stay as they are.
         yield
         return
-    _State.requested = None
+    _State.requested, _State.hurry = None, False
     previous: dict[signal.Signals, Any] = {
         sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS
     }
@@ -129,6 +132,12 @@ def graceful_stop(*, restore: bool = True) -> Iterator[None]:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             _State.requested = None
+
+
+def hurry_requested() -> bool:
+    """Whether a second stop signal came while a run was being closed: what waits
+    there (a background sink draining its queue) should give up at once."""
+    return _State.hurry
 
 
 @contextmanager
@@ -146,6 +155,7 @@ __all__ = [
     "STOP_SIGNALS",
     "Terminated",
     "graceful_stop",
+    "hurry_requested",
     "ignore_stop_signals",
     "interrupt_for",
     "raise_interrupt",

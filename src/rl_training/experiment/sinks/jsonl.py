@@ -38,6 +38,9 @@ class JsonlSink:
     resumed run (``run_context.resume_step`` S) keeps the rows up to S.
     """
 
+    delivery = "inline"
+    """Called in the training thread: a row is on disk when ``log_metrics`` returns."""
+
     def __init__(self, run_context: RunContext) -> None:
         self._metrics_path = run_context.metrics_path
         self._config_path = run_context.config_path

@@ -55,6 +55,9 @@ class TensorBoardSink:
     resume that finishes the run.
     """
 
+    delivery = "inline"
+    """Called in the training thread: a row is on disk when ``log_metrics`` returns."""
+
     def __init__(self, run_context: RunContext) -> None:
         # Imported here: listing sinks must not pay for importing tensorboard.
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
