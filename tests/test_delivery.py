@@ -257,3 +257,37 @@ def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path, install_plugin):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted" and info["sinks"]["slow"]["undelivered"] > 0
     assert "stopped by a second Ctrl-C" in stderr
+
+
+def test_a_second_ctrl_c_interrupts_an_inline_sink_stuck_in_a_call(tmp_path, install_plugin):
+    """An inline sink that never returns from log_metrics: Ctrl-C twice ends the run at
+    once, the other sinks closed, run.json "interrupted", exit 130."""
+    install_plugin("rl-training-stuck-inline", SLOW_PLUGIN.replace("DELAY", "3600").replace(
+        "class Slow:", "class Slow:\n    delivery = 'inline'").replace(
+        "time.sleep(3600)", "time.sleep(3600 if step > 200 else 0)"))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
+         "--total-timesteps", "10000000", "--output-dir", str(tmp_path / "runs"), "--quiet",
+         "--log-sinks", "json,slow", "--hp", "n_steps=32", "--hp", "num_envs=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    metrics = None
+    while time.monotonic() < deadline:  # wait until the rows stop: the sink is stuck
+        metrics = next((tmp_path / "runs").glob("*/metrics.jsonl"), None)
+        if metrics and any(row["step"] > 200 for row in read_jsonl(metrics)):
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)  # a stop request: the loop never gets to see it
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr, elapsed = _end(proc)
+    assert proc.returncode == 130, stderr
+    assert elapsed < 10, elapsed
+    assert metrics is not None
+    info = json.loads((metrics.parent / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert (metrics.parent / "slow.txt").read_text().endswith("interrupted")  # closed

@@ -10,13 +10,16 @@ closes every sink with ``"interrupted"``. While a run is being closed
 An exception raised by a signal handler could land between two sinks of one
 ``log_metrics`` call; :func:`raise_interrupt` holds it while a row is being handed
 out (:data:`ROW_GUARD`), so an interrupted run never leaves a row in
-``metrics.jsonl`` that TensorBoard lacks.
+``metrics.jsonl`` that TensorBoard lacks. Unless the hand-out has taken more than
+:data:`STUCK_AFTER` seconds: then a sink is stuck inside a call, the row cannot be
+completed anyway, and the interrupt is raised at once.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -36,14 +39,18 @@ class _RowGuard:
 
     depth = 0
     pending: BaseException | None = None
+    entered_at = 0.0
 
     def __enter__(self) -> None:
+        if _RowGuard.depth == 0:
+            _RowGuard.entered_at = time.monotonic()
         _RowGuard.depth += 1
 
     def __exit__(self, *exc: object) -> None:
         _RowGuard.depth -= 1
         if _RowGuard.depth == 0 and _RowGuard.pending is not None:
             pending, _RowGuard.pending = _RowGuard.pending, None
+            ignore_stop_signals()  # from now on the run is only being closed
             raise pending
 
 
@@ -51,12 +58,19 @@ ROW_GUARD = _RowGuard()
 """``with ROW_GUARD:`` around handing one call to every sink."""
 
 
-def raise_interrupt(exception: BaseException) -> None:
-    """Raise ``exception`` now, or, inside a fan-out, as soon as every sink has the row."""
-    if _RowGuard.depth:
+STUCK_AFTER = 1.0
+"""Seconds a fan-out may take before an interrupt stops waiting for it."""
+
+
+def raise_interrupt(exception: BaseException) -> bool:
+    """Raise ``exception`` now, or, inside a fan-out, as soon as every sink has the row
+    (``False``: it was deferred). A fan-out stuck for over :data:`STUCK_AFTER` seconds
+    (an inline sink that does not return) is not waited for."""
+    if _RowGuard.depth and time.monotonic() - _RowGuard.entered_at < STUCK_AFTER:
         if _RowGuard.pending is None:
             _RowGuard.pending = exception
-        return
+        return False
+    _RowGuard.pending = None
     raise exception
 
 
@@ -91,6 +105,9 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
         return
     if _State.shielded:
         _State.hurry = True  # the run is being closed already: let it finish, but fast
+        return
+    if _RowGuard.depth and time.monotonic() - _RowGuard.entered_at < STUCK_AFTER:
+        raise_interrupt(interrupt_for(signum))  # deferred; a later signal may not wait
         return
     ignore_stop_signals()  # from now on the run is only being closed
     raise_interrupt(interrupt_for(signum))
