@@ -5,6 +5,8 @@ Shared helpers live in :mod:`rl_training.testing`; this file only makes fixtures
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from rl_training.plugins import DISABLE_AUTOLOAD_ENV, get_plugin_manager
@@ -53,3 +55,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_restored():
+    """A test that runs the CLI in this process (which ignores SIGINT and SIGTERM as it
+    ends) must not leave them ignored: the next test's subprocesses would inherit that."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)

@@ -40,6 +40,8 @@ class _RowGuard:
     depth = 0
     pending: BaseException | None = None
     entered_at = 0.0
+    from_signal = False
+    """Whether ``pending`` is a stop signal's (then the process is only closing after it)."""
 
     def __enter__(self) -> None:
         if _RowGuard.depth == 0:
@@ -50,7 +52,9 @@ class _RowGuard:
         _RowGuard.depth -= 1
         if _RowGuard.depth == 0 and _RowGuard.pending is not None:
             pending, _RowGuard.pending = _RowGuard.pending, None
-            ignore_stop_signals()  # from now on the run is only being closed
+            if _RowGuard.from_signal:
+                _RowGuard.from_signal = False
+                ignore_stop_signals()  # from now on the run is only being closed
             raise pending
 
 
@@ -107,6 +111,7 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
         _State.hurry = True  # the run is being closed already: let it finish, but fast
         return
     if _RowGuard.depth and time.monotonic() - _RowGuard.entered_at < STUCK_AFTER:
+        _RowGuard.from_signal = True
         raise_interrupt(interrupt_for(signum))  # deferred; a later signal may not wait
         return
     ignore_stop_signals()  # from now on the run is only being closed
