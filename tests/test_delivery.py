@@ -196,18 +196,21 @@ def test_run_json_records_every_sinks_delivery(tmp_path, install_plugin):
     assert len(read_jsonl(run.run_dir / "metrics.jsonl")) == 20
 
 
-def _stuck_run(tmp_path, install_plugin, close_timeout: str):
-    """rl-train with a sink that never returns, once it has logged 20 rows."""
-    install_plugin("rl-training-stuck", SLOW_PLUGIN.replace("DELAY", "3600"))
-    env = {**os.environ, "RL_TRAINING_SINK_CLOSE_TIMEOUT": close_timeout,
-           "PYTHONPATH": os.pathsep.join(sys.path)}  # fmt: skip
-    proc = subprocess.Popen(
+def _rl_train_with_slow(tmp_path, **env: str) -> subprocess.Popen:
+    """A long PPO run of rl-train logging to json and the installed ``slow`` sink."""
+    return subprocess.Popen(
         [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
          "--total-timesteps", "10000000", "--output-dir", str(tmp_path / "runs"), "--quiet",
          "--log-sinks", "json,slow", "--hp", "n_steps=32", "--hp", "num_envs=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
     )  # fmt: skip
+
+
+def _stuck_run(tmp_path, install_plugin, close_timeout: str):
+    """rl-train with a sink that never returns, once it has logged 20 rows."""
+    install_plugin("rl-training-stuck", SLOW_PLUGIN.replace("DELAY", "3600"))
+    proc = _rl_train_with_slow(tmp_path, RL_TRAINING_SINK_CLOSE_TIMEOUT=close_timeout)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         metrics = next((tmp_path / "runs").glob("*/metrics.jsonl"), None)
@@ -265,14 +268,7 @@ def test_a_second_ctrl_c_interrupts_an_inline_sink_stuck_in_a_call(tmp_path, ins
     install_plugin("rl-training-stuck-inline", SLOW_PLUGIN.replace("DELAY", "3600").replace(
         "class Slow:", "class Slow:\n    delivery = 'inline'").replace(
         "time.sleep(3600)", "time.sleep(3600 if step > 200 else 0)"))  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
-         "--total-timesteps", "10000000", "--output-dir", str(tmp_path / "runs"), "--quiet",
-         "--log-sinks", "json,slow", "--hp", "n_steps=32", "--hp", "num_envs=2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    proc = _rl_train_with_slow(tmp_path)
     deadline = time.monotonic() + 90
     metrics = None
     while time.monotonic() < deadline:  # wait until the rows stop: the sink is stuck
