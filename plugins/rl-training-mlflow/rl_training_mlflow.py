@@ -15,10 +15,15 @@
 - Close: ``model.pt`` and ``best_model.pt`` of the run directory are logged as
   artifacts; the MLflow run ends FINISHED, FAILED or KILLED for the statuses
   ``finished``, ``failed`` and ``interrupted``.
+- Delivery: the sink declares no ``delivery``, so rl-training feeds it on a thread of
+  its own (a slow or unreachable store never holds training back).
 - Resume (``run_context.resume_step`` S): the same MLflow run continues (found by
-  its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. MLflow
-  has no API to delete metric points: those the earlier attempt logged after S
-  stay in the history beside the new ones.
+  its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. Every batch
+  sent records its last step in the tag ``rl_training.delivered_step``; a resume
+  sends the rows of the run's ``metrics.jsonl`` (the ``json`` sink's) after that
+  step and up to S, which a killed attempt had not sent, so the history up to S
+  is whole. MLflow has no API to delete metric points: those the earlier attempt
+  logged after S stay in the history beside the new ones.
 - Telemetry: MLflow's usage telemetry (network calls, files under ``~/.config``) is
   off unless ``MLFLOW_DISABLE_TELEMETRY`` is set to something else before the sink
   starts, as a sink writes nowhere but its store.
@@ -30,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -51,6 +57,8 @@ MAX_KEY_LENGTH = 250
 """MLflow's limit on a metric or param key."""
 
 _STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+DELIVERED_TAG = "rl_training.delivered_step"
+"""The last step the store has every value of (``-1``: none yet)."""
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's rule, without the POSIX-only colon
 
 
@@ -107,17 +115,20 @@ class MlflowSink:
             self.run_id: str = earlier
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, "rl_training.resume_step", str(resume_step))
-            self._logged_params = dict(self.client.get_run(self.run_id).data.params)
+            stored = self.client.get_run(self.run_id).data
+            self._logged_params = dict(stored.params)
         else:
             run = self.client.create_run(
                 experiment_id,
                 run_name=run_context.name,
-                tags={"rl_training.run_dir": str(self._run_dir)},
+                tags={"rl_training.run_dir": str(self._run_dir), DELIVERED_TAG: "-1"},
             )
             self.run_id = run.info.run_id
         self._keys: dict[str, str] = {}
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
+        if earlier is not None and DELIVERED_TAG in stored.tags:  # runs of older versions:
+            self._send_rows_after(int(stored.tags[DELIVERED_TAG]), resume_step)  # unknown
         self._closed = False
 
     def _find_run(self, experiment_id: str) -> str | None:
@@ -178,11 +189,40 @@ class MlflowSink:
             self.flush()
 
     def flush(self) -> None:
-        """Send every queued value."""
+        """Send every queued value; the last batch also records the last step sent."""
+        from mlflow.entities import RunTag
+
         pending, self._pending = self._pending, []
         for start in range(0, len(pending), 1000):
-            self.client.log_batch(self.run_id, metrics=pending[start : start + 1000])
+            batch = pending[start : start + 1000]
+            last = start + 1000 >= len(pending)
+            tags = [RunTag(DELIVERED_TAG, str(max(m.step for m in pending)))] if last else []
+            self.client.log_batch(self.run_id, metrics=batch, tags=tags)
         self._last_flush = time.monotonic()
+
+    def _send_rows_after(self, delivered: int, resume_step: int) -> None:
+        """Send the rows of ``metrics.jsonl`` with ``delivered < step <= resume_step``:
+        what a killed attempt logged but never sent (nothing if there is no JSONL)."""
+        from mlflow.entities import Metric
+
+        path = self._run_dir / "metrics.jsonl"
+        if not path.is_file() or delivered >= resume_step:
+            return
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                if not line.endswith("\n"):
+                    break  # a torn last line
+                row = json.loads(line)
+                step = row.get("step")
+                if not isinstance(step, int) or not delivered < step <= resume_step:
+                    continue
+                stamp = int(float(row.get("time", time.time())) * 1000)
+                self._pending.extend(
+                    Metric(self._key(key), _number(value), stamp, step)
+                    for key, value in row.items()
+                    if key not in ("step", "time") and _number(value) is not None
+                )
+        self.flush()
 
     def close(self, status: str = "finished") -> None:
         """Send what is queued, log the run's models, end the MLflow run with the status."""
@@ -250,3 +290,10 @@ def _param_value(value: Any) -> str:
 def rl_training_log_sinks() -> dict[str, Any]:
     """Offer the ``mlflow`` sink."""
     return {"mlflow": MlflowSink}
+
+
+def _number(value: Any) -> float | None:
+    """A metric value of a ``metrics.jsonl`` row (its spelling of non-finite numbers too)."""
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(value)

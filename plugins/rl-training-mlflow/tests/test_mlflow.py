@@ -188,3 +188,57 @@ def test_runs_started_at_once_share_a_new_store(tmp_path):
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_a_kill_and_a_resume_keep_the_whole_history_up_to_the_checkpoint(tmp_path):
+    """kill -9 (queued values never sent), then --resume: every row of metrics.jsonl up to
+    the checkpoint's step S is in the MLflow history, each once; the run ends FINISHED."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rl_training.testing import read_jsonl
+    from rl_training.trainers.checkpoint import load_checkpoint
+
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
+               "--output-dir", str(out), "--quiet", "--log-sinks", "json,mlflow",
+               "--hp", "num_envs=2", "--hp", "n_steps=32", "--hp", "batch_size=32"]  # fmt: skip
+    proc = subprocess.Popen([*command, "--total-timesteps", "10000000", "--checkpoint-every",
+                             "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    run_dir: Path | None = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and run_dir is None:
+            for checkpoint in out.glob("*/checkpoint.pt"):
+                try:
+                    step = load_checkpoint(checkpoint).step
+                    last = read_jsonl(checkpoint.parent / "metrics.jsonl")[-1]["step"]
+                except (ValueError, OSError, EOFError, RuntimeError):
+                    continue
+                if last > step + 500:
+                    run_dir = checkpoint.parent
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert run_dir is not None, "no checkpoint with rows after it in 120 s"
+    step = load_checkpoint(run_dir / "checkpoint.pt").step
+    done = subprocess.run([*command[:3], "--resume", str(run_dir), "--total-timesteps",
+                           str(step + 256), "--quiet"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    stored = only_run(client)
+    assert stored.info.status == "FINISHED"
+    history = client.get_metric_history(stored.info.run_id, "episode/return")
+    kept = sorted(r["step"] for r in read_jsonl(run_dir / "metrics.jsonl")
+                  if "episode/return" in r and r["step"] <= step)  # fmt: skip
+    assert kept and sorted(m.step for m in history if m.step <= step) == kept
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
