@@ -166,6 +166,8 @@ def test_wrong_action_space_is_refused_before_disk(tmp_path, algo, env_id, space
 class RowRecorder:
     """A sink keeping every row it gets, for comparing runs in memory."""
 
+    delivery = "inline"  # the rows are compared while the logger is open
+
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
