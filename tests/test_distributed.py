@@ -210,7 +210,8 @@ CUSTOM_LOOP = textwrap.dedent(
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    with create_run("custom", {"lr": 0.1}, output_dir=sys.argv[1]) as run:
+    sinks = {"log_sinks": sys.argv[2]} if len(sys.argv) > 2 else {}
+    with create_run("custom", {"lr": 0.1}, output_dir=sys.argv[1], **sinks) as run:
         for step in range(3):
             local = {"loss": float(rank + step), "rank": float(rank)}
             run.logger.log_metrics(reduce_metrics(local), step)
@@ -391,3 +392,55 @@ def test_nproc_per_node_bad_input_is_rank_zeros_one_line(tmp_path):
         "(WORLD_SIZE=2); run it in one process, or use ppo or a2c under torchrun"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+SLOW_SINK = """
+import time
+
+import rl_training
+
+
+class Slow:  # declares no delivery: a background sink
+    def __init__(self, run_context):
+        self.path, self.steps = run_context.run_dir / "slow.txt", []
+
+    def log_config(self, config):
+        time.sleep(0.01)
+
+    def log_metrics(self, metrics, step):
+        time.sleep(0.01)
+        self.steps.append(step)
+
+    def close(self, status="finished"):
+        self.path.write_text(" ".join(map(str, self.steps)) + " " + status)
+
+
+@rl_training.hookimpl
+def rl_training_log_sinks():
+    return {"slow": Slow}
+"""
+
+
+def test_a_background_sink_under_torchrun_is_rank_zeros_and_gets_every_row(
+    tmp_path, install_plugin
+):
+    """create_run under torchrun with a background sink: rank 0 alone feeds it, on its own
+    thread; every row reaches it by close, and run.json counts them."""
+    install_plugin("rl-training-slow", SLOW_SINK)
+    script = tmp_path / "loop.py"
+    script.write_text(CUSTOM_LOOP)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    proc = subprocess.Popen(
+        [*TORCHRUN, str(script), str(tmp_path / "runs"), "json,slow"], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    code, _, err = finish(proc, 90)
+    assert code == 0, err[-3000:]
+    run_dir = only_run(tmp_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["sinks"]["slow"] == {
+        "delivery": "background", "calls": 4, "dropped": 0, "undelivered": 0, "error": None
+    }  # fmt: skip
+    assert (run_dir / "slow.txt").read_text() == "0 1 2 finished"
+    assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
