@@ -16,7 +16,7 @@ import pytest
 from rl_training import CompositeLogger, create_run
 from rl_training.experiment.delivery import SinkDeliveryWarning
 from rl_training.experiment.logging import SinkFailureWarning
-from rl_training.testing import read_jsonl
+from rl_training.testing import SLOW_SINK_PLUGIN, read_jsonl
 
 
 class Gate:
@@ -151,37 +151,9 @@ def test_an_unknown_delivery_is_refused():
         CompositeLogger({"odd": Odd()})
 
 
-SLOW_PLUGIN = """
-import time
-
-import rl_training
-
-
-class Slow:
-    def __init__(self, run_context):
-        self.path = run_context.run_dir / "slow.txt"
-        self.rows = []
-
-    def log_config(self, config):
-        pass
-
-    def log_metrics(self, metrics, step):
-        time.sleep(DELAY)
-        self.rows.append(step)
-
-    def close(self, status="finished"):
-        self.path.write_text(" ".join(map(str, self.rows)) + " " + status)
-
-
-@rl_training.hookimpl
-def rl_training_log_sinks():
-    return {"slow": Slow}
-"""
-
-
 def test_run_json_records_every_sinks_delivery(tmp_path, install_plugin):
     """run.json["sinks"]: delivery, calls, dropped, undelivered and error per sink."""
-    install_plugin("rl-training-slow", SLOW_PLUGIN.replace("DELAY", "0.01"))
+    install_plugin("rl-training-slow", SLOW_SINK_PLUGIN.replace("DELAY", "0.01"))
     with create_run("loop", output_dir=tmp_path, log_sinks="json,slow") as run:
         for step in range(20):
             run.logger.log_metrics({"loss": 0.5}, step)
@@ -209,7 +181,7 @@ def _rl_train_with_slow(tmp_path, **env: str) -> subprocess.Popen:
 
 def _stuck_run(tmp_path, install_plugin, close_timeout: str):
     """rl-train with a sink that never returns, once it has logged 20 rows."""
-    install_plugin("rl-training-stuck", SLOW_PLUGIN.replace("DELAY", "3600"))
+    install_plugin("rl-training-stuck", SLOW_SINK_PLUGIN.replace("DELAY", "3600"))
     proc = _rl_train_with_slow(tmp_path, RL_TRAINING_SINK_CLOSE_TIMEOUT=close_timeout)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -265,7 +237,7 @@ def test_a_second_ctrl_c_ends_the_drain_at_once(tmp_path, install_plugin):
 def test_a_second_ctrl_c_interrupts_an_inline_sink_stuck_in_a_call(tmp_path, install_plugin):
     """An inline sink that never returns from log_metrics: Ctrl-C twice ends the run at
     once, the other sinks closed, run.json "interrupted", exit 130."""
-    install_plugin("rl-training-stuck-inline", SLOW_PLUGIN.replace("DELAY", "3600").replace(
+    install_plugin("rl-training-stuck-inline", SLOW_SINK_PLUGIN.replace("DELAY", "3600").replace(
         "class Slow:", "class Slow:\n    delivery = 'inline'").replace(
         "time.sleep(3600)", "time.sleep(3600 if step > 200 else 0)"))  # fmt: skip
     proc = _rl_train_with_slow(tmp_path)

@@ -24,7 +24,7 @@ from rl_training.runtime.context import RunLock
 from rl_training.runtime.device import resolve_device
 from rl_training.runtime.distributed import World, launch_world
 from rl_training.runtime.plan import resolve_plan
-from rl_training.testing import assert_sinks_agree, read_jsonl
+from rl_training.testing import SLOW_SINK_PLUGIN, assert_sinks_agree, read_jsonl
 from rl_training.trainers.checkpoint import load_checkpoint
 
 SUPPORT = Path(__file__).parent / "support"
@@ -394,39 +394,12 @@ def test_nproc_per_node_bad_input_is_rank_zeros_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-SLOW_SINK = """
-import time
-
-import rl_training
-
-
-class Slow:  # declares no delivery: a background sink
-    def __init__(self, run_context):
-        self.path, self.steps = run_context.run_dir / "slow.txt", []
-
-    def log_config(self, config):
-        time.sleep(0.01)
-
-    def log_metrics(self, metrics, step):
-        time.sleep(0.01)
-        self.steps.append(step)
-
-    def close(self, status="finished"):
-        self.path.write_text(" ".join(map(str, self.steps)) + " " + status)
-
-
-@rl_training.hookimpl
-def rl_training_log_sinks():
-    return {"slow": Slow}
-"""
-
-
 def test_a_background_sink_under_torchrun_is_rank_zeros_and_gets_every_row(
     tmp_path, install_plugin
 ):
     """create_run under torchrun with a background sink: rank 0 alone feeds it, on its own
     thread; every row reaches it by close, and run.json counts them."""
-    install_plugin("rl-training-slow", SLOW_SINK)
+    install_plugin("rl-training-slow", SLOW_SINK_PLUGIN.replace("DELAY", "0.01"))
     script = tmp_path / "loop.py"
     script.write_text(CUSTOM_LOOP)
     env = _env()

@@ -168,6 +168,37 @@ RECORDING_SINK_PLUGIN = """
 ``recording.txt`` (for :class:`PluginInstaller`)."""
 
 
+SLOW_SINK_PLUGIN = """
+import time
+
+import rl_training
+
+
+class Slow:
+    def __init__(self, run_context):
+        self.path = run_context.run_dir / "slow.txt"
+        self.rows = []
+
+    def log_config(self, config):
+        pass
+
+    def log_metrics(self, metrics, step):
+        time.sleep(DELAY)
+        self.rows.append(step)
+
+    def close(self, status="finished"):
+        self.path.write_text(" ".join(map(str, self.rows)) + " " + status)
+
+
+@rl_training.hookimpl
+def rl_training_log_sinks():
+    return {"slow": Slow}
+"""
+"""Source of a plugin module offering a ``slow`` sink (it declares no ``delivery``: a
+background sink) that sleeps ``DELAY`` seconds per ``log_metrics`` (replace ``DELAY``
+before installing) and writes the steps it got and its closing status to ``slow.txt``."""
+
+
 class PluginInstaller:
     """Installs real throwaway plugin distributions: a module and a ``*.dist-info``
     with ``entry_points.txt``, in a directory put first on ``sys.path``.
@@ -407,6 +438,7 @@ def _same(a: tuple[int, float], b: tuple[int, float]) -> bool:
 
 
 __all__ = [
+    "SLOW_SINK_PLUGIN",
     "SinkContract",
     "decode_json_number",
     "event_files",
