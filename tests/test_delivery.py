@@ -127,6 +127,49 @@ def test_a_failing_background_sink_is_warned_once_and_dropped():
     assert logger.delivery_stats()["remote"]["error"] == "OSError: store unreachable"
 
 
+@pytest.mark.parametrize("delivery", ["inline", "background"])
+def test_what_a_sink_reports_undelivered_is_counted_at_close(delivery):
+    """A sink's own ``undelivered`` (rows its store never got), read after its close, is
+    added to the count; an unusable report (negative, not an int, raising) adds nothing."""
+
+    class Remote:
+        def __init__(self):
+            self.pending = 0
+
+        def log_metrics(self, metrics, step):
+            self.pending += 1  # a store that never answers
+
+        def log_config(self, config):
+            pass
+
+        def close(self):
+            self.undelivered = self.pending
+
+    class Odd(Remote):
+        def close(self):
+            pass
+
+        @property
+        def undelivered(self):
+            raise RuntimeError("not known")
+
+    Remote.delivery = Odd.delivery = delivery
+    odd_values = {"negative": -2, "text": "3", "flag": True}
+    sinks = {"remote": Remote(), "raising": Odd()}
+    for name, value in odd_values.items():
+        sinks[name] = type(name, (), {"delivery": delivery, "undelivered": value,
+                                      "log_metrics": lambda *a: None,
+                                      "log_config": lambda *a: None,
+                                      "close": lambda self: None})()  # fmt: skip
+    logger = CompositeLogger(sinks)
+    for i in range(7):
+        logger.log_metrics({"x": 1.0}, i)
+    logger.close()
+    stats = logger.delivery_stats()
+    assert stats["remote"]["undelivered"] == 7
+    assert [stats[name]["undelivered"] for name in ["raising", *odd_values]] == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [("RL_TRAINING_SINK_QUEUE", "0"), ("RL_TRAINING_SINK_QUEUE", "many"),

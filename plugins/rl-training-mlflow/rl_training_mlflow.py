@@ -7,16 +7,24 @@
   store safely (SQLite locking; the experiment is created once).
 - Config: MLflow params, flattened to dotted keys (``hyperparams.n_steps``); values
   longer than MLflow's limit are cut, ending in ``...``.
-- Metrics: with their step; buffered and sent in batches (at most every
-  ``FLUSH_SECONDS`` or ``FLUSH_METRICS`` values, and on close), since each request to
-  a store costs milliseconds. A key MLflow refuses (a comma, a newline, over 250
+- Metrics: with their step; buffered and sent in batches through ``log_batch`` (at
+  most every ``FLUSH_SECONDS`` or ``FLUSH_METRICS`` values, and on close), since each
+  request to a store costs milliseconds. A key MLflow refuses (a comma, a newline, over 250
   characters...) is renamed when it is logged, with one :class:`MlflowKeyWarning`,
   so no batch is ever refused for it. MLflow stores +-inf as +-1.797e308.
 - Close: ``model.pt`` and ``best_model.pt`` of the run directory are logged as
   artifacts; the MLflow run ends FINISHED, FAILED or KILLED for the statuses
   ``finished``, ``failed`` and ``interrupted``.
 - Delivery: the sink declares no ``delivery``, so rl-training feeds it on a thread of
-  its own (a slow or unreachable store never holds training back).
+  its own (a slow or unreachable store never holds training back). A batch (or the
+  params) that fails to reach the store stays queued and is sent again with
+  exponential backoff (``RETRY_FIRST`` s doubling to ``RETRY_MAX`` s), one warning
+  when the store first fails and one when it is back. MLflow's own HTTP retries
+  (7 tries over ~4 minutes by default) would stall that, so the sink sets
+  ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` unless
+  they are set. At close it keeps retrying for at most ``CLOSE_RETRY_SECONDS``; the
+  rows it could not send (and any dropped because more than ``MAX_PENDING_VALUES``
+  waited) are its :attr:`~MlflowSink.undelivered`, which ``run.json`` records.
 - Resume (``run_context.resume_step`` S): the same MLflow run continues (found by
   its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. Every batch
   sent records its last step in the tag ``rl_training.delivered_step``; a resume
@@ -41,6 +49,7 @@ import posixpath
 import re
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +64,14 @@ MAX_PARAM_LENGTH = 6000
 """MLflow's limit on a param value (500 before MLflow 2.9; 6000 since)."""
 MAX_KEY_LENGTH = 250
 """MLflow's limit on a metric or param key."""
+RETRY_FIRST = 1.0
+"""Seconds before the first retry of a failed send; doubled after each failure..."""
+RETRY_MAX = 30.0
+"""...up to this."""
+CLOSE_RETRY_SECONDS = 5.0
+"""How long :meth:`MlflowSink.close` keeps retrying a store that does not answer."""
+MAX_PENDING_VALUES = 200_000
+"""Values kept while the store is away (about 40 MB); older rows are dropped beyond."""
 
 _STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 DELIVERED_TAG = "rl_training.delivered_step"
@@ -64,6 +81,10 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")  # MLflow's rule, without the POSIX-o
 
 class MlflowKeyWarning(RuntimeWarning):
     """A metric or param key MLflow would refuse was renamed (once per key)."""
+
+
+class MlflowDeliveryWarning(RuntimeWarning):
+    """The tracking store did not take a send (retried), or rows were given up."""
 
 
 def mlflow_key(key: str) -> str:
@@ -84,6 +105,8 @@ class MlflowSink:
 
     def __init__(self, run_context: Any) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the sink retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
@@ -91,6 +114,7 @@ class MlflowSink:
         output_dir = self._run_dir.parent
         configured = os.environ.get("MLFLOW_TRACKING_URI")
         uri = configured or f"sqlite:///{output_dir / 'mlflow.db'}"
+        self._uri = uri
         # MLflow creates (migrates) a new SQLite store on first use; two runs doing it at
         # once corrupt the migration, so the first use is serialised with a lock beside it.
         with _store_lock(None if configured else output_dir / ".mlflow.lock"), _quiet():
@@ -125,11 +149,22 @@ class MlflowSink:
             )
             self.run_id = run.info.run_id
         self._keys: dict[str, str] = {}
-        self._pending: list[Any] = []
+        self._rows: deque[list[Any]] = deque()  # one list of Metric per row, oldest first
+        self._pending_values = 0
+        self._config: list[tuple[list[Any], list[Any]]] = []  # (params, tags) not yet sent
+        self._lost = 0  # rows given up
+        self._failures = 0  # sends failed in a row
+        self._retry_at = 0.0
         self._last_flush = time.monotonic()
         if earlier is not None and DELIVERED_TAG in stored.tags:  # runs of older versions:
             self._send_rows_after(int(stored.tags[DELIVERED_TAG]), resume_step)  # unknown
         self._closed = False
+
+    @property
+    def undelivered(self) -> int:
+        """Rows (``log_metrics`` calls) given up or still waiting for the store: read by
+        rl-training at close for ``run.json["sinks"]["mlflow"]["undelivered"]``."""
+        return self._lost + len(self._rows)
 
     def _find_run(self, experiment_id: str) -> str | None:
         escaped = str(self._run_dir).replace("'", "\\'")
@@ -169,11 +204,12 @@ class MlflowSink:
             elif self._logged_params[name] != text:
                 tags.append(RunTag(mlflow_key(f"config.{name}"), text))
         for start in range(0, len(params), 100):  # MLflow takes 100 params per batch
-            self.client.log_batch(self.run_id, params=params[start : start + 100], tags=tags)
+            self._config.append((params[start : start + 100], tags))
             tags = []
         if tags:
-            self.client.log_batch(self.run_id, tags=tags)
+            self._config.append(([], tags))
         self._logged_params.update((p.key, p.value) for p in params)
+        self._send(force=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Queue the values with their step; send when enough are queued or time has passed."""
@@ -181,23 +217,87 @@ class MlflowSink:
 
         timestamp = int(time.time() * 1000)
         key = self._key
-        self._pending.extend(Metric(key(k), float(v), timestamp, step) for k, v in metrics.items())
-        if (
-            len(self._pending) >= FLUSH_METRICS
-            or time.monotonic() - self._last_flush >= FLUSH_SECONDS
-        ):
-            self.flush()
+        self._queue_row([Metric(key(k), float(v), timestamp, step) for k, v in metrics.items()])
+        self._send()
 
     def flush(self) -> None:
-        """Send every queued value; the last batch also records the last step sent."""
+        """Send every queued value now (unless the store failed and its retry is not due).
+
+        Raises nothing for a store that does not answer: the values stay queued.
+        """
+        self._send(force=True)
+
+    def _queue_row(self, row: list[Any]) -> None:
+        self._rows.append(row)
+        self._pending_values += len(row)
+        while self._pending_values > MAX_PENDING_VALUES and len(self._rows) > 1:
+            self._pending_values -= len(self._rows.popleft())
+            self._lost += 1
+
+    def _send(self, *, force: bool = False) -> bool:
+        """Send what is queued if it is due; whether nothing is left queued."""
+        now = time.monotonic()
+        if not (self._config or self._rows):
+            return True
+        if now < self._retry_at:
+            return False
+        if (
+            not force
+            and self._failures == 0
+            and (self._pending_values < FLUSH_METRICS and now - self._last_flush < FLUSH_SECONDS)
+        ):
+            return False
+        try:
+            self._send_queued()
+        except Exception as error:  # noqa: BLE001  # any failure of the store: retried
+            self._failures += 1
+            delay = min(RETRY_MAX, RETRY_FIRST * 2 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + delay
+            if self._failures == 1:
+                warnings.warn(
+                    f"mlflow sink: the tracking store {self._uri} did not take a send "
+                    f"({type(error).__name__}: {_first_line(error)}); values stay queued and "
+                    f"are sent again with backoff (up to {RETRY_MAX:g} s)",
+                    MlflowDeliveryWarning,
+                    stacklevel=2,
+                )
+            return False
+        if self._failures:
+            warnings.warn(
+                f"mlflow sink: the tracking store {self._uri} is back after "
+                f"{self._failures} failed send(s); queued values delivered",
+                MlflowDeliveryWarning,
+                stacklevel=2,
+            )
+        self._failures, self._retry_at = 0, 0.0
+        return True
+
+    def _send_queued(self) -> None:
+        """Send the queued params, then the rows in batches of whole rows (at most 1000
+        values, MLflow's limit), each dequeued once the store took it. The batch holding
+        the last row records the last step sent."""
         from mlflow.entities import RunTag
 
-        pending, self._pending = self._pending, []
-        for start in range(0, len(pending), 1000):
-            batch = pending[start : start + 1000]
-            last = start + 1000 >= len(pending)
-            tags = [RunTag(DELIVERED_TAG, str(max(m.step for m in pending)))] if last else []
-            self.client.log_batch(self.run_id, metrics=batch, tags=tags)
+        while self._config:
+            params, tags = self._config[0]
+            self.client.log_batch(self.run_id, params=params, tags=tags)
+            self._config.pop(0)
+        while self._rows:
+            batch: list[Any] = []
+            rows = 0
+            for row in self._rows:
+                if batch and len(batch) + len(row) > 1000:
+                    break
+                batch.extend(row)
+                rows += 1
+            last_step = max((m.step for m in batch), default=None)
+            for start in range(0, max(len(batch), 1), 1000):  # one row of >1000 values
+                chunk = batch[start : start + 1000]
+                final = start + 1000 >= len(batch)
+                tags = [RunTag(DELIVERED_TAG, str(last_step))] if final and chunk else []
+                self.client.log_batch(self.run_id, metrics=chunk, tags=tags)
+            for _ in range(rows):
+                self._pending_values -= len(self._rows.popleft())
         self._last_flush = time.monotonic()
 
     def _send_rows_after(self, delivered: int, resume_step: int) -> None:
@@ -217,25 +317,51 @@ class MlflowSink:
                 if not isinstance(step, int) or not delivered < step <= resume_step:
                     continue
                 stamp = int(float(row.get("time", time.time())) * 1000)
-                self._pending.extend(
-                    Metric(self._key(key), _number(value), stamp, step)
-                    for key, value in row.items()
-                    if key not in ("step", "time") and _number(value) is not None
+                self._queue_row(
+                    [
+                        Metric(self._key(key), _number(value), stamp, step)
+                        for key, value in row.items()
+                        if key not in ("step", "time") and _number(value) is not None
+                    ]
                 )
         self.flush()
 
     def close(self, status: str = "finished") -> None:
-        """Send what is queued, log the run's models, end the MLflow run with the status."""
+        """Send what is queued, log the run's models, end the MLflow run with the status.
+
+        A store that does not answer is retried for at most ``CLOSE_RETRY_SECONDS``;
+        then what is left is given up (counted in :attr:`undelivered`, one warning) and
+        the close returns normally.
+        """
         if self._closed:
             return
         self._closed = True
+        deadline = time.monotonic() + CLOSE_RETRY_SECONDS
+        while not self._send(force=True):
+            wait = self._retry_at - time.monotonic()
+            if time.monotonic() + max(wait, 0.0) > deadline:
+                self._lost += len(self._rows)
+                self._rows.clear()
+                warnings.warn(
+                    f"mlflow sink: the tracking store {self._uri} did not answer for "
+                    f"{CLOSE_RETRY_SECONDS:g} s at close; {self._lost} row(s) were not "
+                    "delivered (metrics.jsonl has them, with the json sink)",
+                    MlflowDeliveryWarning,
+                    stacklevel=2,
+                )
+                return
+            time.sleep(max(wait, 0.0))
         try:
-            self.flush()
             for model in ("model.pt", "best_model.pt"):
                 if (self._run_dir / model).is_file():
                     self.client.log_artifact(self.run_id, str(self._run_dir / model))
         finally:
             self.client.set_terminated(self.run_id, _STATUS.get(status, "FAILED"))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 @contextlib.contextmanager

@@ -49,7 +49,9 @@ class DeliveryStats:
     dropped: int = 0
     """Calls dropped because the sink's queue was full."""
     undelivered: int = 0
-    """Calls still queued when the close timeout ran out (abandoned)."""
+    """Calls still queued when the close timeout ran out (abandoned), plus what the sink
+    itself reports in an ``undelivered`` attribute at close (calls it took but its
+    store never got: a tracking server gone away)."""
     error: str | None = None
     """The error that dropped the sink, as text; ``None`` if it never raised."""
 

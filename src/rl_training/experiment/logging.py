@@ -141,6 +141,7 @@ class CompositeLogger:
         # Decided once: whether each sink's close() takes the status keyword.
         self._close_takes_status = {name: _accepts_status(s) for name, s in sinks.items()}
         self._sinks: dict[str, Sink] = {}
+        self._given = dict(sinks)  # as given, for what they report at close
         for name, sink in sinks.items():
             if self._stats[name].delivery == "background":
                 sink = BackgroundSink(name, sink, takes_status=self._close_takes_status[name],
@@ -233,6 +234,8 @@ class CompositeLogger:
                     self._stats[name].error = f"{type(error).__name__}: {error}"
                 self._report(name, "close", error)
         self._sinks.clear()
+        for name, sink in self._given.items():
+            self._stats[name].undelivered += _reported_undelivered(sink)
         if errors and self._strict:
             raise errors[0]
 
@@ -289,6 +292,18 @@ class CompositeLogger:
             SinkFailureWarning,
             stacklevel=4,
         )
+
+
+def _reported_undelivered(sink: object) -> int:
+    """What a sink says it took but could not deliver (its optional ``undelivered``:
+    rows a remote store never got), 0 when it says nothing usable."""
+    try:
+        count = getattr(sink, "undelivered", 0)
+    except Exception:  # noqa: BLE001  # a property that raises reports nothing
+        return 0
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        return 0
+    return count
 
 
 def _accepts_status(sink: object) -> bool:
