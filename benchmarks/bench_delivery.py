@@ -9,7 +9,13 @@ what ``run.json`` says the slow sink got (calls, dropped, undelivered) against t
 of ``metrics.jsonl``. ``--stuck`` runs one more with a sink that never returns: it
 must end within ``RL_TRAINING_SINK_CLOSE_TIMEOUT`` (set to 5 s here).
 
+``--mlflow-server`` (needs ``pip install "./plugins/rl-training-mlflow[ui]"``) compares,
+per repeat, the run without it, with the ``mlflow`` sink sending to a real ``mlflow
+server`` on 127.0.0.1, and with that server killed (SIGKILL) once the first batch of
+rows reached it: steps/s, and what ``run.json`` counts undelivered.
+
     python benchmarks/bench_delivery.py [--steps 50000] [--repeats 3] [--delay 0.01] [--stuck]
+    python benchmarks/bench_delivery.py --mlflow-server [--steps 50000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,13 +71,61 @@ def one_run(root: Path, steps: int, sinks: str, seed: int) -> tuple[float, float
     return result.steps / result.wall_time_s, end_to_end, result.run_dir
 
 
+def mlflow_server(steps: int, repeats: int) -> None:
+    """Without mlflow / with mlflow on a live server / with the server killed mid-run."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "plugins" / "rl-training-mlflow"))
+    from check_ui import Server
+
+    batch = '"POST /api/2.0/mlflow/runs/log-batch'
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        root = Path(tmp)
+        patch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        ratios: dict[str, list[float]] = {"live": [], "killed": []}
+        for i in range(repeats):
+            alone, _, _ = one_run(root / f"alone{i}", steps, "json,tensorboard", i)
+            line = f"repeat {i}: alone {alone:6.0f} steps/s"
+            for case in ("live", "killed"):
+                server = Server(root / f"{case}{i}")
+                server.root.mkdir()
+                server.start()
+                patch.setenv("MLFLOW_TRACKING_URI", server.uri)
+                killer = threading.Thread(target=_kill_after, args=(server, batch), daemon=True)
+                if case == "killed":
+                    killer.start()
+                try:
+                    speed, _, run_dir = one_run(root / f"runs-{case}{i}", steps,
+                                                "json,tensorboard,mlflow", i)  # fmt: skip
+                finally:
+                    server.kill()
+                stats = json.loads((run_dir / "run.json").read_text())["sinks"]["mlflow"]
+                rows = len(read_jsonl(run_dir / "metrics.jsonl"))
+                ratios[case].append(speed / alone)
+                line += (f" | {case} server {speed:6.0f} ({speed / alone:.3f}x), "
+                         f"{stats['undelivered']}/{rows} rows undelivered")  # fmt: skip
+            print(line, flush=True)
+        print(f"median with/without mlflow: live server {statistics.median(ratios['live']):.3f}x,"
+              f" server killed mid-run {statistics.median(ratios['killed']):.3f}x")  # fmt: skip
+
+
+def _kill_after(server: object, batch: str) -> None:
+    """Kill ``server`` once its log shows the params and a first batch of rows."""
+    deadline = time.monotonic() + 120
+    while server.requests(batch) < 2 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.02)
+    server.kill()  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--delay", type=float, default=0.01)
     parser.add_argument("--stuck", action="store_true")
+    parser.add_argument("--mlflow-server", action="store_true")
     args = parser.parse_args()
+    if args.mlflow_server:
+        mlflow_server(args.steps, args.repeats)
+        return
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
         root = Path(tmp)
         plugins = PluginInstaller(root / "site", patch)

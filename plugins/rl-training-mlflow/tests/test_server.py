@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -161,15 +160,11 @@ def test_server_back_after_an_outage_gets_every_row(server, tmp_path):
 def test_mlflow_ui_opens_the_store_the_sink_wrote(tmp_path):
     """`mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` (the README's command)
     lists the run the sink wrote there, FINISHED, with its metrics."""
-    import importlib.util
+    from check_ui import check_ui  # beside tests/, on the path through conftest.py
 
-    path = Path(__file__).parents[1] / "check_ui.py"
-    spec = importlib.util.spec_from_file_location("check_ui", path)
-    check_ui = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check_ui)
     out = tmp_path / "runs"
     done = subprocess.run([*RL_TRAIN, "--output-dir", str(out), "--total-timesteps", "512"],
                           env=ENV, capture_output=True, text=True, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (listed,) = check_ui.check_ui(out)
+    (listed,) = check_ui(out)
     assert listed["info"]["run_name"] == next(out.glob("ppo-*")).name
