@@ -12,6 +12,10 @@
   request to a store costs milliseconds. A key MLflow refuses (a comma, a newline, over 250
   characters...) is renamed when it is logged, with one :class:`MlflowKeyWarning`,
   so no batch is ever refused for it. MLflow stores +-inf as +-1.797e308.
+- Images and videos: images through ``log_image(key=, step=)`` (MLflow's UI shows
+  them per step), videos as animated GIF artifacts ``media/<key>/<step>-<n>.gif``;
+  sent with the batches, retried with them. Histograms and text are not taken
+  (``kinds``), rl-training leaves them out with one warning.
 - Close: ``model.pt`` and ``best_model.pt`` of the run directory are logged as
   artifacts; the MLflow run ends FINISHED, FAILED or KILLED for the statuses
   ``finished``, ``failed`` and ``interrupted``.
@@ -103,6 +107,8 @@ def mlflow_key(key: str) -> str:
 class MlflowSink:
     """Log to an MLflow tracking store through ``MlflowClient``."""
 
+    kinds = frozenset({"scalar", "image", "video"})
+
     def __init__(self, run_context: Any) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the sink retries
@@ -152,6 +158,8 @@ class MlflowSink:
         self._rows: deque[list[Any]] = deque()  # one list of Metric per row, oldest first
         self._pending_values = 0
         self._config: list[tuple[list[Any], list[Any]]] = []  # (params, tags) not yet sent
+        self._media: deque[tuple[str, Any, int]] = deque()  # (key, image or video, step)
+        self._media_sent = 0
         self._lost = 0  # rows given up
         self._failures = 0  # sends failed in a row
         self._retry_at = 0.0
@@ -164,7 +172,7 @@ class MlflowSink:
     def undelivered(self) -> int:
         """Rows (``log_metrics`` calls) given up or still waiting for the store: read by
         rl-training at close for ``run.json["sinks"]["mlflow"]["undelivered"]``."""
-        return self._lost + len(self._rows)
+        return self._lost + len(self._rows) + len(self._media)
 
     def _find_run(self, experiment_id: str) -> str | None:
         escaped = str(self._run_dir).replace("'", "\\'")
@@ -217,8 +225,15 @@ class MlflowSink:
 
         timestamp = int(time.time() * 1000)
         key = self._key
-        self._queue_row([Metric(key(k), float(v), timestamp, step) for k, v in metrics.items()])
-        self._send()
+        row = []
+        for k, v in metrics.items():
+            if getattr(v, "kind", "scalar") == "scalar":
+                row.append(Metric(key(k), float(v), timestamp, step))
+            else:
+                self._media.append((k, v, step))
+        if row:
+            self._queue_row(row)
+        self._send(force=bool(self._media))
 
     def flush(self) -> None:
         """Send every queued value now (unless the store failed and its retry is not due).
@@ -237,7 +252,7 @@ class MlflowSink:
     def _send(self, *, force: bool = False) -> bool:
         """Send what is queued if it is due; whether nothing is left queued."""
         now = time.monotonic()
-        if not (self._config or self._rows):
+        if not (self._config or self._rows or self._media):
             return True
         if now < self._retry_at:
             return False
@@ -298,7 +313,26 @@ class MlflowSink:
                 self.client.log_batch(self.run_id, metrics=chunk, tags=tags)
             for _ in range(rows):
                 self._pending_values -= len(self._rows.popleft())
+        while self._media:
+            key, value, step = self._media[0]
+            self._send_media(key, value, step)
+            self._media.popleft()
         self._last_flush = time.monotonic()
+
+    def _send_media(self, key: str, value: Any, step: int) -> None:
+        """An image through ``log_image``; a video as a GIF artifact."""
+        if value.kind == "image":
+            self.client.log_image(self.run_id, value.data, key=self._key(key), step=step)
+            return
+        import tempfile
+
+        from rl_training.experiment.media import gif_bytes
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{step}-{self._media_sent}.gif"
+            path.write_bytes(gif_bytes(value.frames, value.fps))
+            self.client.log_artifact(self.run_id, str(path), f"media/{self._key(key)}")
+        self._media_sent += 1
 
     def _send_rows_after(self, delivered: int, resume_step: int) -> None:
         """Send the rows of ``metrics.jsonl`` with ``delivered < step <= resume_step``:
@@ -340,8 +374,9 @@ class MlflowSink:
         while not self._send(force=True):
             wait = self._retry_at - time.monotonic()
             if time.monotonic() + max(wait, 0.0) > deadline:
-                self._lost += len(self._rows)
+                self._lost += len(self._rows) + len(self._media)
                 self._rows.clear()
+                self._media.clear()
                 warnings.warn(
                     f"mlflow sink: the tracking store {self._uri} did not answer for "
                     f"{CLOSE_RETRY_SECONDS:g} s at close; {self._lost} row(s) were not "

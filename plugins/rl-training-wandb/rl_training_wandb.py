@@ -16,7 +16,10 @@ directory unless W&B is set up to go online.
   after S (lower than the steps the earlier attempt reached) are accepted.
 - Config: the W&B run's config (values a resume changes are updated in place).
 - Values: each kind of value goes through one converter in :data:`CONVERTERS`;
-  the sink takes exactly the kinds listed there (``kinds``).
+  the sink takes exactly the kinds listed there (``kinds``): scalars as numbers,
+  images as ``wandb.Image``, videos as ``wandb.Video`` (animated GIF, as TensorBoard
+  shows them), histograms as ``wandb.Histogram`` of rl-training's bins, text as
+  a string.
 - End: ``finish(exit_code=...)``: 0 for ``finished`` (W&B shows Finished), 1 for
   ``failed`` and 130 for ``interrupted`` (W&B shows Failed); the status itself is
   the summary value ``rl_training/status``.
@@ -32,6 +35,7 @@ directory unless W&B is set up to go online.
 
 from __future__ import annotations
 
+import io
 import json
 import netrc
 import os
@@ -41,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rl_training
+from rl_training.experiment.media import gif_bytes, histogram_counts
 
 STEP_METRIC = "env_step"
 """The metric every row carries its environment step in: the charts' x axis."""
@@ -51,14 +56,23 @@ EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 130}
 """``finish(exit_code=...)`` for each way a run ends."""
 
 
-def _scalar(value: Any) -> Any:
-    return value
+def _wandb() -> Any:
+    import wandb
+
+    return wandb
 
 
 CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "scalar": _scalar,
+    "scalar": lambda v: v,
+    "image": lambda v: _wandb().Image(v.data, caption=v.caption),
+    "video": lambda v: _wandb().Video(
+        io.BytesIO(gif_bytes(v.frames, v.fps)), caption=v.caption, format="gif"
+    ),  # fmt: skip
+    "histogram": lambda v: _wandb().Histogram(np_histogram=histogram_counts(v)[::-1]),
+    "text": lambda v: v.text,
 }
-"""Kind of value -> what W&B logs for it: adding a kind is one line here."""
+"""Kind of value -> what W&B logs for it (values as rl-training normalises them:
+``rl_training.experiment.media``): adding a kind is one line here."""
 
 
 def wandb_mode() -> str | None:

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from rl_training.config import TrainConfig
     from rl_training.errors import ConfigError
     from rl_training.experiment.logging import CompositeLogger, Logger, Sink
+    from rl_training.experiment.media import Histogram, Image, Text, Video
     from rl_training.experiment.run import (
         RunContext,
         TrainingRun,
@@ -35,6 +36,10 @@ _HOMES = {
     "CompositeLogger": "experiment.logging",
     "Logger": "experiment.logging",
     "Sink": "experiment.logging",
+    "Image": "experiment.media",
+    "Video": "experiment.media",
+    "Histogram": "experiment.media",
+    "Text": "experiment.media",
     "RunContext": "experiment.run",
     "TrainingRun": "experiment.run",
     "create_run": "experiment.run",
@@ -71,13 +76,17 @@ __all__ = [
     "CompositeLogger",
     "ConfigError",
     "EvalResult",
+    "Histogram",
+    "Image",
     "Logger",
     "RunContext",
     "Sink",
+    "Text",
     "TrainConfig",
     "TrainResult",
     "TrainedPolicy",
     "TrainingRun",
+    "Video",
     "available_sinks",
     "create_run",
     "create_run_context",

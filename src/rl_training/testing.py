@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 
 from rl_training.config import TrainConfig
@@ -416,6 +417,30 @@ class SinkContract:
             {"r/value": kept + new, "r/after_resume": [(step, 1.0) for step, _ in new]},
             exactly=self.drops_points_after_resume_step,
         )
+
+    def test_takes_every_kind_it_declares(self, run_context: RunContext) -> None:
+        """Every kind in the sink's ``kinds`` (scalars only if it declares none) goes
+        through a strict composite, twice, without an error or a lost call."""
+        from rl_training.experiment.logging import kinds_of
+        from rl_training.experiment.media import Histogram, Image, Text, Video
+
+        samples = {
+            "scalar": 1.0,
+            "image": Image(np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)),
+            "video": Video(np.zeros((3, 4, 6, 3), np.uint8), fps=10),
+            "histogram": Histogram(np.arange(10.0), bins=5),
+            "text": Text("contract *text*"),
+        }
+        sink = available_sinks()[self.sink_name].factory(run_context)
+        kinds = kinds_of(self.sink_name, sink)
+        logger = CompositeLogger({self.sink_name: sink}, strict=True)
+        for step in (1, 2):
+            logger.log_metrics({f"kind/{k}": samples[k] for k in sorted(kinds)}, step)
+        logger.close("finished")
+        stats = logger.delivery_stats()[self.sink_name]
+        assert stats["error"] is None and stats["dropped"] == stats["undelivered"] == 0, stats
+        if "scalar" in kinds:
+            self._check_written(run_context, {"kind/scalar": [(1, 1.0), (2, 1.0)]})
 
     def test_writes_only_inside_the_run_directory(self, run_context: RunContext) -> None:
         """Nothing appears outside run_context.run_dir."""

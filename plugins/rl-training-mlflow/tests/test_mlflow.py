@@ -250,3 +250,30 @@ def test_a_kill_and_a_resume_keep_the_whole_history_up_to_the_checkpoint(tmp_pat
                    if "episode/return" in r and r["step"] <= step})  # fmt: skip
     assert kept and sorted((m.step, m.value) for m in history if m.step <= step) == kept
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_images_and_videos_are_artifacts(tmp_path):
+    """An image goes through log_image (per step), a video is a GIF artifact under
+    media/<key>/; histograms and text are left out with one warning each."""
+    import numpy as np
+
+    from rl_training import Histogram, Image, Video
+    from rl_training.experiment.logging import SinkKindWarning
+
+    config = tiny_config(output_dir=tmp_path, log_sinks=("mlflow",))
+    with pytest.warns(SinkKindWarning, match="'mlflow' does not take histogram"):
+        with create_training_run(config) as run:
+            for step in (1, 2):
+                run.logger.log_metrics({"loss": 1.0, "eval/frame": Image(np.zeros((4, 6, 3),
+                                        np.uint8)), "eval/clip": Video(np.zeros((3, 4, 6, 3),
+                                        np.uint8), fps=10), "w": Histogram(np.arange(3.0))},
+                                       step)  # fmt: skip
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.run_dir.parent / 'mlflow.db'}")
+    stored = only_run(client)
+    top = {a.path for a in client.list_artifacts(stored.info.run_id)}
+    assert {"images", "media"} <= top
+    clips = [a.path for a in client.list_artifacts(stored.info.run_id, "media/eval/clip")]
+    assert len(clips) == 2 and all(p.endswith(".gif") for p in clips)
+    images = [a.path for a in client.list_artifacts(stored.info.run_id, "images")]
+    assert len(images) >= 2 and any("eval" in p for p in images)
+    assert [m.step for m in client.get_metric_history(stored.info.run_id, "loss")] == [1, 2]

@@ -190,3 +190,25 @@ def test_offline_unless_wandb_is_set_up_to_go_online(tmp_path, monkeypatch):
     assert wandb_mode() == "offline"  # a self-hosted server it has no credentials for
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert wandb_mode() is None
+
+
+def test_every_kind_of_value_is_a_wandb_media_value(tmp_path):
+    """Images, videos (animated GIF), histograms (rl-training's bins) and text, read back
+    from the offline run: each a W&B value of its type, the files beside the run."""
+    import numpy as np
+
+    from rl_training import Histogram, Image, Text, Video
+
+    config = tiny_config(output_dir=tmp_path / "runs", log_sinks=("wandb",))
+    with create_training_run(config) as run:
+        run.logger.log_metrics({"loss": 0.5, "frame": Image(np.zeros((4, 6, 3), np.uint8)),
+                                "clip": Video(np.zeros((5, 4, 6, 3), np.uint8), fps=10),
+                                "w": Histogram(np.arange(8.0), bins=4), "note": Text("hi")},
+                               7)  # fmt: skip
+    (row,) = history(run.run_dir)
+    assert row["env_step"] == 7 and row["loss"] == 0.5 and row["note"] == "hi"
+    assert row["frame._type"] == "image-file" and row["frame.width"] == 6
+    assert row["clip._type"] == "video-file" and row["clip.path"].endswith(".gif")
+    assert row["w._type"] == "histogram" and row["w.values"] == [2, 2, 2, 2]
+    (files,) = list(Path(run.run_dir, "wandb").glob("offline-run-*/files"))
+    assert (files / row["frame.path"]).is_file() and (files / row["clip.path"]).is_file()

@@ -3,7 +3,9 @@
 Trainers talk to a :class:`Logger`; the run setup gives them a
 :class:`CompositeLogger` that checks and normalises each call once and fans it out
 to every :class:`Sink`. Sinks therefore only ever see plain Python values: an
-``int`` step, ``int``/``float``/``bool`` metrics and a JSON-shaped config.
+``int`` step, ``int``/``float``/``bool`` metrics and a JSON-shaped config, and, for
+the kinds a sink declares in ``kinds``, normalised
+:mod:`~rl_training.experiment.media` values.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rl_training.experiment.delivery import (
     delivery_of,
     queue_size,
 )
+from rl_training.experiment.media import KINDS, Media, normalize_media
 from rl_training.runtime.signals import ROW_GUARD, raise_interrupt
 
 if TYPE_CHECKING:
@@ -111,6 +114,32 @@ class SinkFailureWarning(RuntimeWarning):
     """A sink raised, was reported once and dropped; the other sinks go on."""
 
 
+class SinkKindWarning(RuntimeWarning):
+    """A value of a kind a sink does not take was left out of its call (once per sink
+    and kind)."""
+
+
+def kinds_of(name: str, sink: object) -> frozenset[str]:
+    """The kinds of value a sink takes: its ``kinds``, or scalars only.
+
+    Raises:
+        ValueError: ``kinds`` names something else (the sink and the value are named).
+    """
+    declared = getattr(sink, "kinds", None)
+    if declared is None:
+        return frozenset({"scalar"})
+    kinds = frozenset([declared] if isinstance(declared, str) else declared)
+    unknown = sorted(kinds - set(KINDS))
+    if unknown or isinstance(declared, str):
+        from rl_training.errors import ConfigError
+
+        raise ConfigError(
+            f"log sink {name!r} declares kinds = {declared!r}; accepted: a set of "
+            f"{', '.join(map(repr, KINDS))}"
+        )
+    return kinds
+
+
 class CompositeLogger:
     """Fan every call out, in order, to a set of named sinks.
 
@@ -136,6 +165,8 @@ class CompositeLogger:
         # Keys already checked: a row's keys repeat, so each is checked once per logger.
         self._known_keys: set[str] = set()
         self._stats = {name: DeliveryStats(delivery_of(name, s)) for name, s in sinks.items()}
+        self._kinds = {name: kinds_of(name, s) for name, s in sinks.items()}
+        self._left_out: set[tuple[str, str]] = set()  # (sink, kind) warned about
         background = any(s.delivery == "background" for s in self._stats.values())
         capacity, timeout = (queue_size(), close_timeout()) if background else (0, 0.0)
         # Decided once: whether each sink's close() takes the status keyword.
@@ -200,9 +231,15 @@ class CompositeLogger:
         """
         self._check_open()
         plain_step = normalize_step(step)
-        plain = normalize_metrics(metrics, self._known_keys)
-        if plain:
+        plain, media = _normalize(metrics, self._known_keys)
+        if not plain:
+            return
+        if media:
+            self._fan_out_mixed(plain, media, plain_step)
+            plain = {k: v for k, v in plain.items() if k not in media}
+        else:
             self._fan_out("log_metrics", plain, plain_step)
+        if plain:
             for observer in self._observers:
                 observer(plain, plain_step)
 
@@ -251,10 +288,16 @@ class CompositeLogger:
         if self._closed:
             raise RuntimeError("this logger is closed; open a new run to log more")
 
-    def _fan_out(self, method: str, *args: Any) -> None:
+    def _fan_out(self, method: str, *args: Any, rows: dict[str, Any] | None = None) -> None:
+        """Call ``method(*args)`` on every sink; with ``rows``, a ``log_metrics`` call
+        gives each sink its own row (sinks not in ``rows`` are skipped)."""
         first_error: BaseException | None = None
         with ROW_GUARD:  # an interrupt waits until every sink has this call
             for name, sink in list(self._sinks.items()):
+                if rows is not None:
+                    if name not in rows:
+                        continue
+                    args = (rows[name], args[1])
                 try:
                     if self._stats[name].delivery == "inline":
                         self._stats[name].calls += 1  # a background sink counts its own
@@ -268,6 +311,32 @@ class CompositeLogger:
                         self._drop(name, method, error)
         if first_error is not None and self._strict:
             raise first_error
+
+    def _fan_out_mixed(self, row: dict[str, Any], media: dict[str, str], step: int) -> None:
+        """Give each sink the values of the kinds it takes (``media``: key -> kind of the
+        non-scalar values), warning once per sink and kind left out; a sink left with
+        nothing is not called."""
+        rows: dict[str, dict[str, Any]] = {}
+        for name in self._sinks:
+            kinds = self._kinds[name]
+            missing = {kind for kind in media.values() if kind not in kinds}
+            if not missing:
+                rows[name] = row
+                continue
+            for kind in sorted(missing - {k for s, k in self._left_out if s == name}):
+                self._left_out.add((name, kind))
+                warnings.warn(
+                    f"log sink {name!r} does not take {kind} values; they are left out of "
+                    f"its calls (it takes: {', '.join(sorted(kinds))})",
+                    SinkKindWarning,
+                    stacklevel=4,
+                )
+            scalar = "scalar" in kinds
+            kept = {k: v for k, v in row.items()
+                    if (media[k] in kinds if k in media else scalar)}  # fmt: skip
+            if kept:
+                rows[name] = kept
+        self._fan_out("log_metrics", row, step, rows=rows)
 
     def _drop(self, name: str, method: str, error: BaseException) -> None:
         sink = self._sinks.pop(name)
@@ -357,8 +426,9 @@ def normalize_step(step: object) -> int:
 
 def normalize_metrics(
     metrics: Mapping[str, Any], known_keys: set[str] | None = None
-) -> dict[str, Scalar]:
-    """Check every key and value; return plain Python scalars in the same order.
+) -> dict[str, Any]:
+    """Check every key and value; return plain Python scalars (and normalised
+    :mod:`~rl_training.experiment.media` values) in the same order.
 
     Tensors on an accelerator are gathered per device and copied to the host in
     one transfer, so a call with many CUDA scalars costs one synchronisation.
@@ -371,12 +441,21 @@ def normalize_metrics(
         TypeError: ``metrics`` is not a mapping, a key is not a string, or a value
             is not :data:`ScalarLike` (the key is named).
         ValueError: a key is empty, reserved (:data:`RESERVED_KEYS`) or not
-            encodable as UTF-8 (a lone surrogate); an int is beyond float range.
+            encodable as UTF-8 (a lone surrogate); an int is beyond float range; a
+            media value's shape, range or parameter is wrong.
     """
+    return _normalize(metrics, known_keys)[0]
+
+
+def _normalize(
+    metrics: Mapping[str, Any], known_keys: set[str] | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """:func:`normalize_metrics`, and the kind of each non-scalar value by key."""
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of str to scalar, got {type(metrics).__name__}")
     out: dict[str, Any] = {}
     tensors: dict[Any, list[tuple[str, Any]]] = {}  # device -> [(key, tensor)]
+    media: list[tuple[str, Media]] = []
     tensor_type = _tensor_type()
     for key, value in metrics.items():
         if known_keys is None or key not in known_keys:
@@ -409,14 +488,21 @@ def normalize_metrics(
             out[key] = float(value)
         elif isinstance(value, bool):  # a bool subclass
             out[key] = bool(value)
+        elif isinstance(value, Media):
+            out[key] = None  # placeholder keeps the key order
+            media.append((key, value))
         else:
             raise TypeError(
                 f"metric {key!r}: {type(value).__name__} {value!r} is not a scalar "
-                "(accepted: bool, int, float, a numpy scalar, or a one-element array or tensor)"
+                "(accepted: bool, int, float, a numpy scalar, or a one-element array or "
+                "tensor) nor an Image, Video, Histogram or Text"
             )
     for items in tensors.values():
         _gather_to_host(items, out)
-    return out
+    if not media:
+        return out, {}
+    out.update(normalize_media(media))
+    return out, {key: value.kind for key, value in media}
 
 
 def _check_key(key: object) -> None:

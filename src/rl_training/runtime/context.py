@@ -35,6 +35,18 @@ class RunFiles:
     MODEL: ClassVar[str] = "model.pt"
     BEST_MODEL: ClassVar[str] = "best_model.pt"
     CHECKPOINT: ClassVar[str] = "checkpoint.pt"
+    MEDIA_DIR: ClassVar[str] = "media"
+    MEDIA_INDEX: ClassVar[str] = "media.jsonl"
+
+    @property
+    def media_dir(self) -> Path:
+        """Images and videos the ``json`` sink wrote (PNG, GIF)."""
+        return self.run_dir / self.MEDIA_DIR
+
+    @property
+    def media_index(self) -> Path:
+        """One strict-JSON line per non-scalar value the ``json`` sink wrote."""
+        return self.run_dir / self.MEDIA_INDEX
 
     @property
     def tensorboard_dir(self) -> Path:

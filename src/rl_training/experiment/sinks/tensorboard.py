@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl_training.experiment.media import Histogram, Image, Media, Text, Video, gif_bytes, png_bytes
 from rl_training.hookspecs import hookimpl
 from rl_training.runtime.context import AppendOnlyFile
 
@@ -57,6 +58,7 @@ class TensorBoardSink:
 
     delivery = "inline"
     """Called in the training thread: a row is on disk when ``log_metrics`` returns."""
+    kinds = frozenset({"scalar", "image", "video", "histogram", "text"})
 
     def __init__(self, run_context: RunContext) -> None:
         # Imported here: listing sinks must not pay for importing tensorboard.
@@ -95,13 +97,18 @@ class TensorBoardSink:
             self._add(session_start, 0)
             self._wrote_session = True
 
-    def log_metrics(self, metrics: Mapping[str, Scalar], step: int) -> None:
-        """Add every metric as a scalar at ``step``, in one event."""
+    def log_metrics(self, metrics: Mapping[str, Scalar | Media], step: int) -> None:
+        """Add every value at ``step``, in one event: scalars as scalars, images as PNG
+        and videos as animated GIF images (Images tab, as ``SummaryWriter.add_image`` /
+        ``add_video`` write them), histograms (Histograms and Distributions tabs) and
+        text (Text tab) through tensorboard's own summary functions."""
         value = self._value
-        summary = self._summary(
-            value=[value(tag=key, simple_value=v) for key, v in metrics.items()]
-        )
-        self._add(summary, step)
+        try:
+            values = [value(tag=key, simple_value=v) for key, v in metrics.items()]
+        except TypeError:  # a media value among them
+            values = [_media_value(value, key, v) if isinstance(v, Media) else
+                      value(tag=key, simple_value=v) for key, v in metrics.items()]  # fmt: skip
+        self._add(self._summary(value=values), step)
 
     def close(self, status: str = "finished") -> None:
         """Record how the session ended and close the event file."""
@@ -237,6 +244,29 @@ def _masked_crc32c(data: bytes) -> int:
     """TFRecord's masked CRC32C (as ``tensorboard``'s own record writer computes it)."""
     crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _media_value(value: Any, tag: str, media: Media) -> Any:
+    """The ``Summary.Value`` of one normalised media value."""
+    if isinstance(media, (Image, Video)):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        if isinstance(media, Image):
+            (height, width, colours), encoded = media.data.shape, png_bytes(media.data)
+        else:  # a GIF is RGB whatever the frames were
+            (_, height, width, _), colours = media.frames.shape, 3
+            encoded = gif_bytes(media.frames, media.fps)
+        return value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=colours,
+                                                  encoded_image_string=encoded))  # fmt: skip
+    if isinstance(media, Histogram):
+        from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+
+        return histogram_pb(tag, media.values, buckets=media.bins).value[0]
+    if isinstance(media, Text):
+        from tensorboard.plugins.text.summary_v2 import text_pb
+
+        return text_pb(tag, media.text).value[0]
+    raise TypeError(f"tensorboard sink: no summary for {type(media).__name__} {tag!r}")
 
 
 def _text_summary(tag: str, text: str) -> Any:
