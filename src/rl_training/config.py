@@ -27,6 +27,9 @@ MAX_EVAL_EPISODES = 2**16 - 1
 
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _SINK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_VIDEO_LENGTH = 100_000
+"""The most frames ``video_length`` may ask for."""
+_INFO_KEY_RE = re.compile(r"[A-Za-z0-9_./-]+")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +95,43 @@ class TrainConfig:
         default=10, metadata={"help": "episodes per evaluation (default: 10)", "metavar": "K"}
     )
     """Episodes per evaluation."""
+    info_keys: Sequence[str] = field(
+        default=(),
+        metadata={
+            "help": "comma-separated numeric entries of a finished episode's final info to "
+            "log as episode/<key>",
+            "metavar": "A,B",
+        },
+    )
+    """Numeric entries of a finished episode's final ``info`` logged as
+    ``episode/<key>`` (``is_success``, gymnasium's convention, always adds
+    ``episode/success`` and ``episode/success_rate`` over the last 100 episodes)."""
+    video_every: int = field(
+        default=0,
+        metadata={
+            "help": "environment steps between videos of one deterministic episode "
+            "(eval/video; default: 0, none)",
+            "metavar": "N",
+        },
+    )
+    """Environment steps between videos (0: none): one deterministic episode on a
+    separate env made with ``render_mode="rgb_array"``, logged as ``eval/video`` at the
+    env's ``render_fps``. An env that cannot render is refused before the run starts."""
+    video_length: int = field(
+        default=1000,
+        metadata={"help": "most frames of a video (default: 1000)", "metavar": "T"},
+    )
+    """The most frames a video holds (the episode is cut there)."""
+    histogram_every: int = field(
+        default=0,
+        metadata={
+            "help": "environment steps between histograms of every network parameter "
+            "(default: 0, none)",
+            "metavar": "N",
+        },
+    )
+    """Environment steps between histograms of each network parameter, logged as
+    ``weights/<network>/<parameter>`` (0: none)."""
 
     # Each field's metadata tells the command line about it: "help" (and "metavar",
     # "cli_default" where the command line has a default the dataclass has not);
@@ -111,6 +151,10 @@ class TrainConfig:
             _require_int("checkpoint_every", self.checkpoint_every, minimum=0, maximum=MAX_STEPS)
         _require_int("eval_every", self.eval_every, minimum=0, maximum=MAX_STEPS)
         _require_int("eval_episodes", self.eval_episodes, minimum=1, maximum=MAX_EVAL_EPISODES)
+        _require_int("histogram_every", self.histogram_every, minimum=0, maximum=MAX_STEPS)
+        _require_int("video_every", self.video_every, minimum=0, maximum=MAX_STEPS)
+        _require_int("video_length", self.video_length, minimum=1, maximum=MAX_VIDEO_LENGTH)
+        object.__setattr__(self, "info_keys", info_key_names(self.info_keys))
         if not isinstance(self.output_dir, (str, Path)) or str(self.output_dir) == "":
             raise ConfigError(
                 f"output_dir: {self.output_dir!r} is not a directory path (str or Path)"
@@ -218,6 +262,25 @@ def _require_int(name: str, value: object, *, minimum: int, maximum: int) -> Non
         raise ConfigError(f"{name}: {value!r} is not an integer (accepted: {accepted})")
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}: {value!r} is out of range (accepted: {accepted})")
+
+
+def info_key_names(value: object) -> tuple[str, ...]:
+    """Normalise ``info_keys``: a sequence of keys, or one comma-separated string."""
+    if isinstance(value, str):
+        names: list[object] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, Sequence):
+        names = list(value)
+    else:
+        raise ConfigError(f"info_keys: {value!r} is not a sequence of info keys such as "
+                          "['distance', 'is_success']")  # fmt: skip
+    for name in names:
+        if not isinstance(name, str) or not _INFO_KEY_RE.fullmatch(name):
+            raise ConfigError(
+                f"info_keys: {name!r} is not an info key (letters, digits, '_', '.', '-', '/')"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"info_keys: {names!r} names a key more than once")
+    return tuple(names)  # type: ignore[arg-type]  # every item checked to be a str above
 
 
 def sink_names(value: object) -> tuple[str, ...]:

@@ -353,7 +353,8 @@ class Replicas:
         Args:
             values: The row of this rank (the same keys on every rank), or ``None``
                 when only episodes are exchanged.
-            episodes: ``(n, 3)`` rows of ``(step, return, length)``, ``n <= capacity``.
+            episodes: ``(n, w)`` rows of ``(step, return, length, extras...)``,
+                ``n <= capacity``; ``w`` (3 and the extras) is the same on every rank.
             capacity: The most episodes any rank can have (the same on every rank).
 
         Returns:
@@ -366,24 +367,25 @@ class Replicas:
         keys = sorted(values) if values is not None else []
         tensor_keys = [k for k in keys if isinstance(values[k], torch.Tensor)]  # type: ignore[index]
         head = len(tensor_keys) + 1
-        packed = torch.zeros(head + 3 * capacity, dtype=torch.float64)
+        width = episodes.shape[1] if episodes.ndim == 2 else 3
+        packed = torch.zeros(head + width * capacity, dtype=torch.float64)
         if tensor_keys:
             assert values is not None
             stacked = torch.stack([values[k].detach().reshape(()).double() for k in tensor_keys])
             packed[: len(tensor_keys)] = stacked.cpu()  # one copy to the host per row
         packed[head - 1] = len(episodes)
         if len(episodes):
-            packed[head : head + 3 * len(episodes)] = torch.from_numpy(
+            packed[head : head + width * len(episodes)] = torch.from_numpy(
                 np.ascontiguousarray(episodes, dtype=np.float64).reshape(-1)
             )
         send = packed.to(self._comm_device)
         parts = [torch.empty_like(send) for _ in range(self.world.size)]
         self._dist.all_gather(parts, send)
-        gathered = torch.stack(parts).cpu().numpy()  # (size, head + 3 * capacity)
+        gathered = torch.stack(parts).cpu().numpy()  # (size, head + width * capacity)
         counts = gathered[:, head - 1].astype(np.int64)
         all_episodes = np.concatenate(
             [
-                gathered[r, head : head + 3 * counts[r]].reshape(-1, 3)
+                gathered[r, head : head + width * counts[r]].reshape(-1, width)
                 for r in range(self.world.size)
             ]
         )

@@ -61,6 +61,8 @@ def resolve_plan(config: TrainConfig, world: World | None = None) -> Plan:
     device = resolve_device(config.device, world)
     observation_space, action_space = env_spaces(config.env_id)
     spec.check_spaces(config.env_id, observation_space, action_space)
+    if config.video_every and world.is_writer:
+        check_renders(config.env_id)
     return Plan(
         config=config,
         spec=spec,
@@ -70,6 +72,40 @@ def resolve_plan(config: TrainConfig, world: World | None = None) -> Plan:
         action_space=action_space,
         world=world,
     )
+
+
+def check_renders(env_id: str) -> None:
+    """Make ``env_id`` with ``render_mode="rgb_array"``, reset it and render one frame.
+
+    Raises:
+        ValueError: it cannot (no ``rgb_array`` mode, a renderer missing such as
+            pygame); one line naming the env and why, for ``--video-every``.
+    """
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id, render_mode="rgb_array")
+    except Exception as error:  # noqa: BLE001  # the env's own code: any error
+        raise ConfigError(
+            f"video_every: env {env_id!r} cannot render rgb_array frames: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    try:
+        env.reset(seed=0)
+        frame = env.render()
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError(
+            f"video_every: env {env_id!r} cannot render rgb_array frames: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    finally:
+        env.close()
+    shape = getattr(frame, "shape", None)
+    if shape is None or len(shape) != 3:
+        raise ConfigError(
+            f"video_every: env {env_id!r} renders {type(frame).__name__} "
+            f"{shape if shape is not None else ''}, not an (H, W, 3) rgb_array frame"
+        )
 
 
 def env_spaces(env_id: str) -> tuple[Any, Any]:

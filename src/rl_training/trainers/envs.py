@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -60,46 +60,79 @@ class EpisodeTracker:
     records all ranks' episodes in step order.
     """
 
-    def __init__(self, num_envs: int, logger: Logger, *, deferred: bool = False) -> None:
+    def __init__(
+        self,
+        num_envs: int,
+        logger: Logger,
+        *,
+        deferred: bool = False,
+        info_keys: Sequence[str] = (),
+    ) -> None:
         self._returns = np.zeros(num_envs, dtype=np.float64)
         self._lengths = np.zeros(num_envs, dtype=np.int64)
         self._logger = logger
         self._deferred = deferred
-        self._pending: list[tuple[int, float, int]] = []
+        self._pending: list[tuple[float, ...]] = []
+        #: What a finished episode's final ``info`` is read for: ``is_success``, then
+        #: ``TrainConfig.info_keys`` (each NaN in :meth:`update`'s ``extras`` if absent).
+        self.extra_keys: tuple[str, ...] = ("is_success", *info_keys)
+        self._successes: collections.deque[float] = collections.deque(maxlen=RETURN_MEAN_WINDOW)
         #: The last :data:`RETURN_MEAN_WINDOW` returns, oldest first.
         self.recent: collections.deque[float] = collections.deque(maxlen=RETURN_MEAN_WINDOW)
         #: Finished episodes so far.
         self.count = 0
 
-    def update(self, rewards: np.ndarray, dones: np.ndarray, step: int) -> None:
-        """Add one vector step's rewards; log every episode that ``dones`` ends."""
+    def update(
+        self, rewards: np.ndarray, dones: np.ndarray, step: int, extras: np.ndarray | None = None
+    ) -> None:
+        """Add one vector step's rewards; log every episode that ``dones`` ends.
+
+        ``extras``: ``(num_envs, len(extra_keys))`` values of the finished episodes'
+        final infos (NaN where absent), given when ``dones`` ends any.
+        """
         self._returns += rewards
         self._lengths += 1
         if dones.any():
             for i in np.flatnonzero(dones):
+                found = () if extras is None else tuple(extras[i].tolist())
                 if self._deferred:
-                    self._pending.append((step, float(self._returns[i]), int(self._lengths[i])))
+                    self._pending.append(
+                        (step, float(self._returns[i]), int(self._lengths[i]), *found)
+                    )
                 else:
-                    self.record(step, float(self._returns[i]), int(self._lengths[i]))
+                    self.record(step, float(self._returns[i]), int(self._lengths[i]), found)
             self._returns[dones] = 0.0
             self._lengths[dones] = 0
 
-    def record(self, step: int, episode_return: float, length: int) -> None:
-        """Count and log one finished episode."""
+    def record(
+        self, step: int, episode_return: float, length: int, extras: Sequence[float] = ()
+    ) -> None:
+        """Count and log one finished episode (with ``episode/success`` and
+        ``episode/success_rate`` when its info had ``is_success``, and each info key
+        found as ``episode/<key>``)."""
         self.recent.append(episode_return)
         self.count += 1
-        self._logger.log_metrics(
-            {
-                "episode/return": episode_return,
-                "episode/length": length,
-                "episode/return_mean": self.return_mean,
-            },
-            step,
-        )
+        row = {
+            "episode/return": episode_return,
+            "episode/length": length,
+            "episode/return_mean": self.return_mean,
+        }
+        for key, value in zip(self.extra_keys, extras, strict=False):
+            if math.isnan(value):
+                continue
+            if key == "is_success":
+                self._successes.append(float(value))
+                row["episode/success"] = float(value)
+                row["episode/success_rate"] = math.fsum(self._successes) / len(self._successes)
+            else:
+                row[f"episode/{key}"] = value
+        self._logger.log_metrics(row, step)
 
     def take_pending(self) -> np.ndarray:
-        """The deferred episodes as ``(n, 3)`` rows of ``(step, return, length)``; forgets them."""
-        pending = np.array(self._pending, dtype=np.float64).reshape(-1, 3)
+        """The deferred episodes as ``(n, 3 + len(extra_keys))`` rows of ``(step, return,
+        length, extras...)``; forgets them."""
+        width = 3 + len(self.extra_keys)
+        pending = np.array(self._pending, dtype=np.float64).reshape(-1, width)
         self._pending.clear()
         return pending
 
@@ -120,13 +153,16 @@ class EpisodeTracker:
     def state_dict(self) -> dict[str, Any]:
         """Finished episodes: their count and the recent returns (not the episodes under
         way: those restart with the environments)."""
-        return {"count": self.count, "recent": list(self.recent)}
+        return {"count": self.count, "recent": list(self.recent),
+                "successes": list(self._successes)}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the episodes under way start from zero."""
         self.count = int(state["count"])
         self.recent.clear()
         self.recent.extend(float(r) for r in state["recent"])
+        self._successes.clear()
+        self._successes.extend(float(s) for s in state.get("successes", ()))
         self.restart()
 
     def restart(self) -> None:
@@ -182,6 +218,26 @@ class EnvStepper:
         self.obs = obs_to_tensor(raw, self._space, self._device)
         return self.obs
 
+    def _final_info(self, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:
+        """``(num_envs, len(extra_keys))``: each key's numeric value in the finished
+        episodes' final info (gymnasium's ``final_info``, masked by ``_<key>``); NaN
+        where a key is absent or not a number."""
+        keys = self._episodes.extra_keys
+        out = np.full((self._num_envs, len(keys)), np.nan)
+        final = infos.get("final_info")
+        if not isinstance(final, Mapping):
+            return out
+        for column, key in enumerate(keys):
+            values, mask = final.get(key), final.get(f"_{key}")
+            if values is None or mask is None:
+                continue
+            for i in np.flatnonzero(done & np.asarray(mask, dtype=bool)):
+                try:
+                    out[i, column] = float(values[i])
+                except (TypeError, ValueError):
+                    continue
+        return out
+
     def _env_error(self, call: str, error: Exception) -> EnvError:
         """An error of the env's own code as one :class:`EnvError` line."""
         return EnvError(
@@ -207,7 +263,8 @@ class EnvStepper:
         raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self.steps += self.step_size
         done = terminated | truncated
-        self._episodes.update(reward, done, self.steps)
+        extras = self._final_info(infos, done) if done.any() else None
+        self._episodes.update(reward, done, self.steps, extras)
         if done.any():
             real_next = raw.copy()
             for i in np.flatnonzero(done):

@@ -20,6 +20,7 @@ import torch
 
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import Logger
+from rl_training.experiment.media import Video
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunFiles
 from rl_training.runtime.device import resolve_device
@@ -43,6 +44,8 @@ _FILES: Mapping[str, str] = {
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET + i``: apart from training's."""
+VIDEO_SEED_OFFSET = 2_000_003
+"""Offset of the video env's seed from the run's (apart from training and evaluation)."""
 
 
 @dataclass(frozen=True)
@@ -229,19 +232,7 @@ class PeriodicEvaluator:
         """Evaluate now; log the row at ``step``; keep the model if it is the best."""
         plan = self._plan
         modules = saved_modules(self._trainer)
-        saved = SavedModel(
-            algo=plan.spec.name,
-            env_id=plan.config.env_id,
-            hyperparams={k: list(v) if isinstance(v, tuple) else v
-                         for k, v in asdict(plan.hp).items()},
-            state_dicts={name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-                         for name, m in modules.items()},
-            observation_space=plan.observation_space,
-            action_space=plan.action_space,
-        )  # fmt: skip
-        act = self._trainer_cls.load_policy(
-            saved, plan.observation_space, plan.action_space, torch.device("cpu")
-        )
+        act = current_policy(plan, self._trainer_cls, self._trainer)
         returns, lengths = run_episodes(self._envs, act, self._seed, True, self._generator)
         mean = math.fsum(returns) / len(returns)
         self._logger.log_metrics(
@@ -275,6 +266,59 @@ class PeriodicEvaluator:
     def close(self) -> None:
         """Close the evaluation envs."""
         self._envs.close()
+
+
+def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> Policy:
+    """The policy of the trainer's current weights, copied to the CPU (training's
+    state and randomness are untouched)."""
+    saved = SavedModel(
+        algo=plan.spec.name,
+        env_id=plan.config.env_id,
+        hyperparams={k: list(v) if isinstance(v, tuple) else v
+                     for k, v in asdict(plan.hp).items()},
+        state_dicts={name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+                     for name, m in saved_modules(trainer).items()},
+        observation_space=plan.observation_space,
+        action_space=plan.action_space,
+    )  # fmt: skip
+    act: Policy = trainer_cls.load_policy(
+        saved, plan.observation_space, plan.action_space, torch.device("cpu")
+    )
+    return act
+
+
+class PeriodicVideo:
+    """``--video-every``: one deterministic episode of the current policy on a separate
+    env made with ``render_mode="rgb_array"``, logged as ``eval/video`` (at most
+    ``video_length`` frames, at the env's ``render_fps``, 30 if it names none)."""
+
+    def __init__(
+        self, plan: Plan, trainer_cls: TrainerClass, trainer: Trainer, logger: Logger
+    ) -> None:
+        self._plan, self._trainer_cls, self._trainer = plan, trainer_cls, trainer
+        self._logger = logger
+        self._env = gym.make(plan.config.env_id, render_mode="rgb_array")
+        self._fps = float(self._env.metadata.get("render_fps") or 30)
+        self._seed = plan.config.seed + VIDEO_SEED_OFFSET
+        self._generator = torch.Generator().manual_seed(self._seed)
+
+    def __call__(self, step: int) -> None:
+        """Play and log one episode now, at ``step``."""
+        act = current_policy(self._plan, self._trainer_cls, self._trainer)
+        obs, _ = self._env.reset(seed=self._seed)
+        frames = [np.asarray(self._env.render())]
+        while len(frames) < self._plan.config.video_length:
+            with torch.inference_mode():
+                action = act(np.asarray(obs)[None], True, self._generator)[0]
+            obs, _, terminated, truncated, _ = self._env.step(action)
+            frames.append(np.asarray(self._env.render()))
+            if terminated or truncated:
+                break
+        self._logger.log_metrics({"eval/video": Video(np.stack(frames), fps=self._fps)}, step)
+
+    def close(self) -> None:
+        """Close the env."""
+        self._env.close()
 
 
 def registered_env_id(env_id: str) -> str:

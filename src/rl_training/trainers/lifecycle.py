@@ -25,6 +25,7 @@ import torch
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError, NonFiniteError
 from rl_training.experiment.logging import RowObserver
+from rl_training.experiment.media import Histogram
 from rl_training.experiment.run import TrainingRun, lock_run, reopen_training_run
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunContext, RunFiles, check_no_links, read_run_file
@@ -41,7 +42,7 @@ from rl_training.runtime.plan import Plan, resolve_plan
 from rl_training.runtime.seeding import resume_seed
 from rl_training.runtime.signals import interrupt_for, requested_stop
 from rl_training.trainers.checkpoint import Checkpoint, Checkpointer
-from rl_training.trainers.evaluation import PeriodicEvaluator
+from rl_training.trainers.evaluation import PeriodicEvaluator, PeriodicVideo
 from rl_training.trainers.session import Session, Trainer, run_loop, saved_modules, trainer_class
 
 RESULT_WINDOW = 20
@@ -279,6 +280,17 @@ def _check_spaces(run_dir: Path, plan: Plan, checkpoint: Checkpoint) -> None:
 # -- training in an open run --------------------------------------------------------------
 
 
+def weight_histograms(trainer: Trainer) -> dict[str, Histogram]:
+    """``weights/<network>/<parameter>``: a histogram of each parameter of each network
+    a model holds (``--histogram-every``), copied to the host in the composite's one
+    transfer per call."""
+    return {
+        f"weights/{network}/{name}": Histogram(parameter.detach())
+        for network, module in saved_modules(trainer).items()
+        for name, parameter in module.named_parameters()
+    }
+
+
 def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
     """Train in an open run and save its model; the caller closes the run.
 
@@ -301,6 +313,7 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
     with _cpu_threads(plan.device, trainer_cls.CPU_THREADS), _session(plan, run) as session:
         first_step = session.steps
         evaluator: PeriodicEvaluator | None = None
+        video: PeriodicVideo | None = None
         replicas: dict[str, Any] = {}
         try:
             # Build the trainer (and its evaluator), or continue from the checkpoint
@@ -321,10 +334,18 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                 extra = {"evaluation": evaluator.state_dict()} if evaluator is not None else {}
                 checkpointer.save(steps, trainer.state_dict, extra)
 
+            def histograms(steps: int) -> None:
+                run.logger.log_metrics(weight_histograms(trainer), steps)
+
+            if plan.config.video_every and plan.world.is_writer:
+                video = PeriodicVideo(plan, trainer_cls, trainer, run.logger)
+
             start = time.perf_counter()
             finished = run_loop(
                 session, trainer, [(plan.config.eval_every, evaluator or _never),
-                                   (plan.config.checkpoint_interval, save)],
+                                   (plan.config.checkpoint_interval, save),
+                                   (plan.config.histogram_every, histograms),
+                                   (plan.config.video_every if video else 0, video or _never)],
             )  # fmt: skip
             replicas = _replica_check(session, trainer)
 
@@ -345,6 +366,8 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                 run.summary["replicas"] = replicas
             if evaluator is not None:
                 evaluator.close()
+            if video is not None:
+                video.close()
     return TrainResult(
         run_dir=run.run_dir,
         steps=session.steps,

@@ -140,7 +140,8 @@ class Session(Generic[H]):
         seed = rank_seed(config.seed, world.rank)
         generator = seed_everything(seed, plan.device)
         envs = make_vec_env(config.env_id, hp.num_envs, seed)
-        episodes = EpisodeTracker(hp.num_envs, logger, deferred=world.distributed)
+        episodes = EpisodeTracker(hp.num_envs, logger, deferred=world.distributed,
+                                  info_keys=config.info_keys)  # fmt: skip
         timer = SpsTimer()
         return Session[Any](
             plan=plan,
@@ -199,8 +200,8 @@ class Session(Generic[H]):
         capacity = (vector_steps - self._exchanged_at) * self.hp.num_envs
         self._exchanged_at = vector_steps
         row, episodes = self.replicas.gather_row(values, self.episodes.take_pending(), capacity)
-        for step, episode_return, length in episodes.tolist():
-            self.episodes.record(int(step), episode_return, int(length))
+        for step, episode_return, length, *extras in episodes.tolist():
+            self.episodes.record(int(step), episode_return, int(length), extras)
         if row is not None:
             self.log.write(steps, row)
 
