@@ -326,11 +326,11 @@ class MlflowSink:
             return
         import tempfile
 
-        from rl_training.experiment.media import gif_bytes
+        from rl_training.experiment.media import encoded
 
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{step}-{self._media_sent}.gif"
-            path.write_bytes(gif_bytes(value.frames, value.fps))
+            path.write_bytes(encoded(value))
             self.client.log_artifact(self.run_id, str(path), f"media/{self._key(key)}")
         self._media_sent += 1
 

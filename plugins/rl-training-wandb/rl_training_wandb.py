@@ -45,7 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import rl_training
-from rl_training.experiment.media import gif_bytes, histogram_counts
+from rl_training.experiment.media import encoded, histogram_counts
 
 STEP_METRIC = "env_step"
 """The metric every row carries its environment step in: the charts' x axis."""
@@ -66,7 +66,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "scalar": lambda v: v,
     "image": lambda v: _wandb().Image(v.data, caption=v.caption),
     "video": lambda v: _wandb().Video(
-        io.BytesIO(gif_bytes(v.frames, v.fps)), caption=v.caption, format="gif"
+        io.BytesIO(encoded(v)), caption=v.caption, format="gif"
     ),  # fmt: skip
     "histogram": lambda v: _wandb().Histogram(np_histogram=histogram_counts(v)[::-1]),
     "text": lambda v: v.text,

@@ -9,6 +9,7 @@ policy network runs once per step for all episodes.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import Logger
-from rl_training.experiment.media import Video
+from rl_training.experiment.media import Video, encoded, normalize_media
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunFiles
 from rl_training.runtime.device import resolve_device
@@ -290,21 +291,57 @@ def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> P
 class PeriodicVideo:
     """``--video-every``: one deterministic episode of the current policy on a separate
     env made with ``render_mode="rgb_array"``, logged as ``eval/video`` (at most
-    ``video_length`` frames, at the env's ``render_fps``, 30 if it names none)."""
+    ``video_length`` frames, at the env's ``render_fps``, 30 if it names none).
+
+    The episode is played, rendered and encoded (GIF) on a thread of its own, with a
+    CPU copy of the weights of the step it was asked at: rendering and encoding a
+    500-frame 600x400 CartPole video take about 3 s, which training does not wait
+    for. Finished videos are logged, at the step they were asked at and in that
+    order, by the training thread at the next call and at :meth:`finish` (every
+    sink sees them from the training thread; the encoding is shared).
+    """
 
     def __init__(
         self, plan: Plan, trainer_cls: TrainerClass, trainer: Trainer, logger: Logger
     ) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self._plan, self._trainer_cls, self._trainer = plan, trainer_cls, trainer
         self._logger = logger
         self._env = gym.make(plan.config.env_id, render_mode="rgb_array")
         self._fps = float(self._env.metadata.get("render_fps") or 30)
         self._seed = plan.config.seed + VIDEO_SEED_OFFSET
         self._generator = torch.Generator().manual_seed(self._seed)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl-training video")
+        self._pending: list[tuple[int, Any]] = []  # (step, future of a normalised Video)
 
     def __call__(self, step: int) -> None:
-        """Play and log one episode now, at ``step``."""
+        """Log the videos finished so far; start recording one for ``step``."""
+        self._log_finished()
         act = current_policy(self._plan, self._trainer_cls, self._trainer)
+        self._pending.append((step, self._worker.submit(self._record, act)))
+
+    def finish(self, timeout: float = 600.0) -> None:
+        """Wait (at most ``timeout`` s in all) for the videos under way and log them."""
+        self._log_finished(deadline=time.monotonic() + timeout)
+
+    def _log_finished(self, deadline: float | None = None) -> None:
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        while self._pending:
+            step, future = self._pending[0]
+            if deadline is None and not future.done():
+                return
+            try:
+                video = future.result(timeout=None if deadline is None else
+                                      max(0.0, deadline - time.monotonic()))  # fmt: skip
+            except FutureTimeout:
+                return
+            self._pending.pop(0)
+            self._logger.log_metrics({"eval/video": video}, step)
+
+    def _record(self, act: Policy) -> Video:
+        """Play one episode with ``act``; the video, normalised and encoded."""
         obs, _ = self._env.reset(seed=self._seed)
         frames = [np.asarray(self._env.render())]
         while len(frames) < self._plan.config.video_length:
@@ -314,10 +351,16 @@ class PeriodicVideo:
             frames.append(np.asarray(self._env.render()))
             if terminated or truncated:
                 break
-        self._logger.log_metrics({"eval/video": Video(np.stack(frames), fps=self._fps)}, step)
+        video = normalize_media([("eval/video", Video(np.stack(frames), fps=self._fps))])
+        encoded(video["eval/video"])  # type: ignore[arg-type]  # a Video
+        return video["eval/video"]  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Close the env."""
+        """Drop the videos not logged yet; stop the thread and close the env."""
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._worker.shutdown(wait=True)
         self._env.close()
 
 

@@ -347,6 +347,8 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
                                    (plan.config.histogram_every, histograms),
                                    (plan.config.video_every if video else 0, video or _never)],
             )  # fmt: skip
+            if video is not None and finished:
+                video.finish()  # the last videos, before the model and the run end
             replicas = _replica_check(session, trainer)
 
             # Save: the checkpoint always, the model only when the budget was spent

@@ -18,9 +18,8 @@ from rl_training.experiment.media import (
     Media,
     Text,
     Video,
-    gif_bytes,
+    encoded,
     histogram_counts,
-    png_bytes,
 )
 from rl_training.hookspecs import hookimpl
 from rl_training.runtime.context import (
@@ -100,11 +99,12 @@ class JsonlSink:
         ``media.jsonl``; a histogram's bins and counts, or a text, in its line alone."""
         line: dict[str, Any] = {"step": step, "time": now, "key": key, "kind": value.kind}
         if isinstance(value, (Image, Video)):
+            data = encoded(value)
             if isinstance(value, Image):
-                data, suffix = png_bytes(value.data), "png"
+                suffix = "png"
                 line["height"], line["width"] = value.data.shape[:2]
             else:
-                data, suffix = gif_bytes(value.frames, value.fps), "gif"
+                suffix = "gif"
                 line["frames"], line["height"], line["width"] = value.frames.shape[:3]
                 line["fps"] = value.fps
             if value.caption is not None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl_training.experiment.media import Histogram, Image, Media, Text, Video, gif_bytes, png_bytes
+from rl_training.experiment.media import Histogram, Image, Media, Text, Video, encoded
 from rl_training.hookspecs import hookimpl
 from rl_training.runtime.context import AppendOnlyFile
 
@@ -252,12 +252,11 @@ def _media_value(value: Any, tag: str, media: Media) -> Any:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         if isinstance(media, Image):
-            (height, width, colours), encoded = media.data.shape, png_bytes(media.data)
+            height, width, colours = media.data.shape
         else:  # a GIF is RGB whatever the frames were
             (_, height, width, _), colours = media.frames.shape, 3
-            encoded = gif_bytes(media.frames, media.fps)
         return value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=colours,
-                                                  encoded_image_string=encoded))  # fmt: skip
+                                                  encoded_image_string=encoded(media)))  # fmt: skip
     if isinstance(media, Histogram):
         from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 
