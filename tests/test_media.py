@@ -244,3 +244,36 @@ def test_media_jsonl_is_strict_json_with_non_finite_free_histograms(tmp_path):
     (line,) = media_lines(run.run_dir)
     assert line["nonfinite"] == 2 and sum(line["counts"]) == 0
     json.dumps(line, allow_nan=False)
+
+
+def test_tensorboards_own_server_shows_every_kind(tmp_path):
+    """A live `tensorboard` server: the image and the video (animated GIF) in the Images
+    tab, the histogram in the Histograms tab, the text in the Text tab, each at its step
+    and decodable as served."""
+    from urllib.parse import quote
+
+    from rl_training.testing import TensorBoardServer
+
+    with create_training_run(tiny_config(output_dir=tmp_path / "runs", log_sinks=SINKS)) as run:
+        log_every_kind(run, step=5)
+    server = TensorBoardServer(tmp_path / "runs")
+    try:
+        name = server.wait_for_tags("images", {"eval/frame", "eval/video"})
+        served = {}
+        for tag in ("eval/frame", "eval/video"):
+            (sample,) = server.get(f"/data/plugin/images/images?run={quote(name)}&tag="
+                                   f"{quote(tag)}&sample=0")  # fmt: skip
+            assert sample["step"] == 5
+            served[tag] = decode(server.raw(f"/data/plugin/images/individualImage?"
+                                            f"{sample['query']}"))  # fmt: skip
+        assert served["eval/frame"].format == "PNG" and served["eval/frame"].size == (24, 16)
+        assert served["eval/video"].format == "GIF" and served["eval/video"].n_frames == 7
+        server.wait_for_tags("histograms", {"weights/w"})
+        ((_, step, buckets),) = server.get(f"/data/plugin/histograms/histograms?run="
+                                           f"{quote(name)}&tag={quote('weights/w')}")  # fmt: skip
+        assert step == 5 and sum(count for _, _, count in buckets) == 4
+        server.wait_for_tags("text", {"notes"})
+        (text,) = server.get(f"/data/plugin/text/text?run={quote(name)}&tag=notes")
+        assert text["step"] == 5 and "<strong>bold</strong>" in text["text"]
+    finally:
+        server.close()

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from rl_training import TrainConfig, resume, train
-from rl_training.testing import assert_sinks_agree, read_jsonl, read_scalars, without_wall_clock
+from rl_training.testing import (
+    TensorBoardServer,
+    assert_sinks_agree,
+    read_jsonl,
+    read_scalars,
+    without_wall_clock,
+)
 from rl_training.trainers.checkpoint import load_checkpoint
 
 RL_TRAIN = [sys.executable, "-m", "rl_training"]
@@ -216,70 +222,6 @@ def test_resume_refusals_are_one_line_and_change_nothing(tmp_path):
         holder.communicate(timeout=30)
     assert result.returncode == 2 and "in use by a live process" in result.stderr, result.stderr
     assert snapshot(done.run_dir) == before
-
-
-class TensorBoardServer:
-    """``tensorboard --logdir`` on a free port of 127.0.0.1, asked over its HTTP API."""
-
-    def __init__(self, logdir: Path, load_fast: bool) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-             "--host", "127.0.0.1", "--port", "0", f"--load_fast={str(load_fast).lower()}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        self.url = ""
-        deadline = time.monotonic() + 60
-        assert self.proc.stderr is not None
-        while time.monotonic() < deadline and not self.url:  # its banner names the port
-            line = self.proc.stderr.readline()
-            if not line and self.proc.poll() is not None:
-                pytest.fail(f"tensorboard ended ({self.proc.returncode})")
-            if " at http://127.0.0.1:" in line:
-                self.url = line.split(" at ")[1].split()[0].rstrip("/")
-        if not self.url:
-            self.close()
-            pytest.fail("tensorboard did not start within 60 s")
-
-    def get(self, path: str, body: dict | None = None):
-        """The JSON answer to ``path`` (a POST of ``body`` where one is given)."""
-        import urllib.request
-
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310  # 127.0.0.1
-            return json.loads(answer.read())
-
-    def scalars(self, tag: str, want_last_step: int) -> list[tuple[int, float]]:
-        """The server's ``(step, value)`` points of ``tag`` once it has read up to the end."""
-        from urllib.parse import quote
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            runs = self.get("/data/runs")
-            tags = self.get("/data/plugin/scalars/tags") if runs else {}
-            if runs and tag in tags.get(runs[0], {}):
-                query = f"run={quote(runs[0])}&tag={quote(tag)}"
-                points = self.get(f"/data/plugin/scalars/scalars?{query}")
-                if points and points[-1][1] == want_last_step:
-                    return [(step, value) for _, step, value in points]
-            time.sleep(0.5)
-        pytest.fail(f"tensorboard did not serve {tag!r} up to step {want_last_step} in 60 s")
-
-    def session_statuses(self) -> list[str]:
-        """The HParams tab's session status of every run."""
-        groups = self.get("/data/plugin/hparams/session_groups", {
-            "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
-            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
-                                "STATUS_RUNNING"],
-        })["sessionGroups"]  # fmt: skip
-        return [session["status"] for group in groups for session in group["sessions"]]
-
-    def close(self) -> None:
-        """Stop the server and its process group."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.communicate(timeout=30)
 
 
 def _killed_after_a_checkpoint(proc: subprocess.Popen, out: Path, after: int) -> Path:

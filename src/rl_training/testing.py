@@ -13,13 +13,17 @@ This module imports pytest; the runtime never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import math
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 import types
 import uuid
 from collections.abc import Iterator, Mapping
@@ -457,6 +461,89 @@ class SinkContract:
         assert outside == set(), outside
 
 
+class TensorBoardServer:
+    """``tensorboard --logdir`` on a free port of 127.0.0.1, asked over its HTTP API."""
+
+    def __init__(self, logdir: Path, load_fast: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+             "--host", "127.0.0.1", "--port", "0", f"--load_fast={str(load_fast).lower()}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        self.url = ""
+        deadline = time.monotonic() + 60
+        assert self.proc.stderr is not None
+        while time.monotonic() < deadline and not self.url:  # its banner names the port
+            line = self.proc.stderr.readline()
+            if not line and self.proc.poll() is not None:
+                pytest.fail(f"tensorboard ended ({self.proc.returncode})")
+            if " at http://127.0.0.1:" in line:
+                self.url = line.split(" at ")[1].split()[0].rstrip("/")
+        if not self.url:
+            self.close()
+            pytest.fail("tensorboard did not start within 60 s")
+
+    def get(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The JSON answer to ``path`` (a POST of ``body`` where one is given)."""
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310  # 127.0.0.1
+            return json.loads(answer.read())
+
+    def scalars(self, tag: str, want_last_step: int) -> list[tuple[int, float]]:
+        """The server's ``(step, value)`` points of ``tag`` once it has read up to the end."""
+        from urllib.parse import quote
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            runs = self.get("/data/runs")
+            tags = self.get("/data/plugin/scalars/tags") if runs else {}
+            if runs and tag in tags.get(runs[0], {}):
+                query = f"run={quote(runs[0])}&tag={quote(tag)}"
+                points = self.get(f"/data/plugin/scalars/scalars?{query}")
+                if points and points[-1][1] == want_last_step:
+                    return [(step, value) for _, step, value in points]
+            time.sleep(0.5)
+        pytest.fail(f"tensorboard did not serve {tag!r} up to step {want_last_step} in 60 s")
+
+    def raw(self, path: str) -> bytes:
+        """The bytes of ``path`` (an image the Images tab shows, say)."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=30) as answer:  # noqa: S310
+            data: bytes = answer.read()
+            return data
+
+    def wait_for_tags(self, plugin: str, tags: set[str], timeout: float = 60.0) -> str:
+        """The first run's name once ``/data/plugin/<plugin>/tags`` lists every tag."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.get("/data/runs")
+            listed = self.get(f"/data/plugin/{plugin}/tags") if runs else {}
+            if runs and tags <= set(listed.get(runs[0], ())):
+                return str(runs[0])
+            time.sleep(0.5)
+        pytest.fail(f"tensorboard did not list {sorted(tags)} in its {plugin} tab in {timeout} s")
+
+    def session_statuses(self) -> list[str]:
+        """The HParams tab's session status of every run."""
+        groups = self.get("/data/plugin/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                "STATUS_RUNNING"],
+        })["sessionGroups"]  # fmt: skip
+        return [session["status"] for group in groups for session in group["sessions"]]
+
+    def close(self) -> None:
+        """Stop the server and its process group."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+
+
 def _same(a: tuple[int, float], b: tuple[int, float]) -> bool:
     """Two ``(step, value)`` points are equal (NaN equals NaN)."""
     return a[0] == b[0] and ((math.isnan(a[1]) and math.isnan(b[1])) or a[1] == b[1])
@@ -465,6 +552,7 @@ def _same(a: tuple[int, float], b: tuple[int, float]) -> bool:
 __all__ = [
     "SLOW_SINK_PLUGIN",
     "SinkContract",
+    "TensorBoardServer",
     "decode_json_number",
     "event_files",
     "load_events",
