@@ -78,12 +78,10 @@ def test_every_row_params_status_and_model_on_the_server_in_batches(server, tmp_
     assert 2 <= batches <= len(rows) / 10, (batches, len(rows))
 
 
-def test_server_killed_mid_run_the_run_ends_normally_and_counts_what_was_lost(server, tmp_path):
-    """kill -9 the server once rows reached it: training goes on, the sink retries, the
-    run exits 0 "finished", and run.json counts the rows the server never got — the
-    rows of metrics.jsonl after the last step the server has."""
-    out = tmp_path / "runs"
-    proc = subprocess.Popen([*RL_TRAIN, "--output-dir", str(out), "--total-timesteps", "40000"],
+def train_until_rows_arrive(server, out, total: int) -> subprocess.Popen:
+    """``rl-train`` (json + mlflow on ``server``) in a process group of its own, once
+    the server got the params and a first batch of rows (killed if that fails)."""
+    proc = subprocess.Popen([*RL_TRAIN, "--output-dir", str(out), "--total-timesteps", str(total)],
                             env={**ENV, "MLFLOW_TRACKING_URI": server.uri},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
@@ -93,6 +91,20 @@ def test_server_killed_mid_run_the_run_ends_normally_and_counts_what_was_lost(se
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no rows reached the server in 120 s"
             time.sleep(0.05)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        raise
+    return proc
+
+
+def test_server_killed_mid_run_the_run_ends_normally_and_counts_what_was_lost(server, tmp_path):
+    """kill -9 the server once rows reached it: training goes on, the sink retries, the
+    run exits 0 "finished", and run.json counts the rows the server never got — the
+    rows of metrics.jsonl after the last step the server has."""
+    out = tmp_path / "runs"
+    proc = train_until_rows_arrive(server, out, 40000)
+    try:
         server.kill()
         killed_at = time.monotonic()
         stdout, stderr = proc.communicate(timeout=120)
@@ -128,16 +140,8 @@ def test_server_back_after_an_outage_gets_every_row(server, tmp_path):
     """The server goes away for some seconds and comes back on the same port: the
     sink's retries deliver everything, nothing is counted lost."""
     out = tmp_path / "runs"
-    proc = subprocess.Popen([*RL_TRAIN, "--output-dir", str(out), "--total-timesteps", "100000"],
-                            env={**ENV, "MLFLOW_TRACKING_URI": server.uri},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = train_until_rows_arrive(server, out, 100000)
     try:
-        deadline = time.monotonic() + 120
-        while server.requests(BATCH) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no rows reached the server in 120 s"
-            time.sleep(0.05)
         server.kill()
         server.start()  # about 6 s away
         assert proc.poll() is None, "the run ended before the server was back"
