@@ -146,3 +146,39 @@ def test_an_env_that_cannot_render_is_refused_before_anything_is_created(tmp_pat
     errors = [line for line in done.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "video_every: env 'dist_envs:Blind-v0'" in errors[0], done.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_ctrl_c_with_videos_under_way_ends_the_run(tmp_path):
+    """SIGINT while videos are recorded on their thread: exit 130 within seconds,
+    run.json "interrupted", every video logged so far whole in media.jsonl."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(SUPPORT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "dist_envs:Painted-v0",
+         "--total-timesteps", "10000000", "--output-dir", str(tmp_path / "runs"), "--quiet",
+         "--video-every", "512", *[a for k, v in HP.items() for a in ("--hp", f"{k}={v}")]],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size for p in (tmp_path / "runs").glob("*/media.jsonl")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no video in 120 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        stopped_at = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - stopped_at < 30
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    lines = [strict_json_loads(x) for x in (run_dir / "media.jsonl").read_text().splitlines()]
+    assert lines and all((run_dir / x["path"]).is_file() for x in lines)

@@ -9,8 +9,10 @@ policy network runs once per step for all episodes.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -314,6 +316,7 @@ class PeriodicVideo:
         self._generator = torch.Generator().manual_seed(self._seed)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl-training video")
         self._pending: list[tuple[int, Any]] = []  # (step, future of a normalised Video)
+        self._stop = threading.Event()  # set by close(): a recording under way ends
 
     def __call__(self, step: int) -> None:
         """Log the videos finished so far; start recording one for ``step``."""
@@ -345,6 +348,8 @@ class PeriodicVideo:
         obs, _ = self._env.reset(seed=self._seed)
         frames = [np.asarray(self._env.render())]
         while len(frames) < self._plan.config.video_length:
+            if self._stop.is_set():  # the run is ending without it
+                raise CancelledError
             with torch.inference_mode():
                 action = act(np.asarray(obs)[None], True, self._generator)[0]
             obs, _, terminated, truncated, _ = self._env.step(action)
@@ -356,7 +361,9 @@ class PeriodicVideo:
         return video["eval/video"]  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Drop the videos not logged yet; stop the thread and close the env."""
+        """Drop the videos not logged yet (a recording under way stops at its next
+        frame); stop the thread and close the env."""
+        self._stop.set()
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
