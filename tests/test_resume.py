@@ -22,6 +22,7 @@ from rl_training.testing import (
     assert_sinks_agree,
     read_jsonl,
     read_scalars,
+    wait_for,
     without_wall_clock,
 )
 from rl_training.trainers.checkpoint import load_checkpoint
@@ -56,20 +57,6 @@ def start_rl_train(out: Path, *extra: str) -> subprocess.Popen:
          "--output-dir", str(out), "--quiet", *PPO_TINY, *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0):
-    """Poll ``predicate()`` until it returns something true; fail (and kill) on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        if proc.poll() is not None:
-            pytest.fail(f"rl-train ended early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("timed out waiting for rl-train")
 
 
 def checkpoint_with_rows_after(out: Path, after: int = 0):

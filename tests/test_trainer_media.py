@@ -13,7 +13,13 @@ import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
 from rl_training import ConfigError, train
-from rl_training.testing import read_jsonl, strict_json_loads, tiny_config
+from rl_training.testing import (
+    killed_on_exit,
+    read_jsonl,
+    strict_json_loads,
+    tiny_config,
+    wait_for,
+)
 
 SUPPORT = Path(__file__).parent / "support"
 sys.path.insert(0, str(SUPPORT))
@@ -163,19 +169,12 @@ def test_ctrl_c_with_videos_under_way_ends_the_run(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not any(p.stat().st_size for p in (tmp_path / "runs").glob("*/media.jsonl")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no video in 120 s"
-            time.sleep(0.05)
+    with killed_on_exit(proc):
+        runs = tmp_path / "runs"
+        wait_for(lambda: any(p.stat().st_size for p in runs.glob("*/media.jsonl")), proc, 120)
         os.kill(proc.pid, signal.SIGINT)
         stopped_at = time.monotonic()
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert time.monotonic() - stopped_at < 30
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -461,6 +461,35 @@ class SinkContract:
         assert outside == set(), outside
 
 
+def wait_for(predicate: Any, proc: subprocess.Popen[Any], timeout: float = 90.0) -> Any:
+    """Poll ``predicate()`` until it returns something true, and return that; fail if
+    ``proc`` ends first, or (killing its process group) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            pytest.fail(f"the process ended early ({proc.returncode}): {err}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"timed out after {timeout:g} s waiting for the process")
+
+
+@contextlib.contextmanager
+def killed_on_exit(proc: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """A block after which ``proc`` (started with ``start_new_session=True``) is gone:
+    if it still runs, its whole process group is killed; a test never leaves one behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+
+
 class TensorBoardServer:
     """``tensorboard --logdir`` on a free port of 127.0.0.1, asked over its HTTP API."""
 
@@ -560,4 +589,6 @@ __all__ = [
     "read_scalars",
     "strict_json_loads",
     "tiny_config",
+    "wait_for",
+    "killed_on_exit",
 ]

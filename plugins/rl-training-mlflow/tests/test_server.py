@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 from mlflow.tracking import MlflowClient
 
-from rl_training.testing import read_jsonl
+from rl_training.testing import killed_on_exit, read_jsonl, wait_for
 
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
 RL_TRAIN = [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
@@ -85,16 +84,8 @@ def train_until_rows_arrive(server, out, total: int) -> subprocess.Popen:
                             env={**ENV, "MLFLOW_TRACKING_URI": server.uri},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while server.requests(BATCH) < 2:  # the params, then a first batch of rows
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no rows reached the server in 120 s"
-            time.sleep(0.05)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
-        raise
+    # The params, then a first batch of rows.
+    wait_for(lambda: server.requests(BATCH) >= 2, proc, timeout=120)
     return proc
 
 
@@ -103,15 +94,10 @@ def test_server_killed_mid_run_the_run_ends_normally_and_counts_what_was_lost(se
     run exits 0 "finished", and run.json counts the rows the server never got — the
     rows of metrics.jsonl after the last step the server has."""
     out = tmp_path / "runs"
-    proc = train_until_rows_arrive(server, out, 40000)
-    try:
+    with killed_on_exit(train_until_rows_arrive(server, out, 40000)) as proc:
         server.kill()
         killed_at = time.monotonic()
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert time.monotonic() - killed_at < 90
     (run_dir,) = out.iterdir()
@@ -140,16 +126,11 @@ def test_server_back_after_an_outage_gets_every_row(server, tmp_path):
     """The server goes away for some seconds and comes back on the same port: the
     sink's retries deliver everything, nothing is counted lost."""
     out = tmp_path / "runs"
-    proc = train_until_rows_arrive(server, out, 100000)
-    try:
+    with killed_on_exit(train_until_rows_arrive(server, out, 100000)) as proc:
         server.kill()
         server.start()  # about 6 s away
         assert proc.poll() is None, "the run ended before the server was back"
         _, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     (run_dir,) = out.iterdir()
     info = json.loads((run_dir / "run.json").read_text())

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from rl_training_wandb import ID_FILE, wandb_mode
 
 from conftest import attempts, history
 from rl_training import create_training_run
-from rl_training.testing import read_jsonl, tiny_config
+from rl_training.testing import killed_on_exit, read_jsonl, tiny_config, wait_for
 
 RL_TRAIN = [sys.executable, "-m", "rl_training", "--algo", "ppo", "--env-id", "CartPole-v1",
             "--quiet", "--log-sinks", "json,wandb", "--hp", "num_envs=2", "--hp", "n_steps=32",
@@ -111,23 +110,19 @@ def test_kill_and_resume_continue_the_same_wandb_run(tmp_path):
                              "10000000", "--checkpoint-every", "1000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True, env=clean_env())  # fmt: skip
-    run_dir: Path | None = None
-    try:
-        deadline = time.monotonic() + 120
-        while run_dir is None:
-            assert time.monotonic() < deadline, "no checkpoint in 120 s"
-            assert proc.poll() is None, proc.communicate()
-            for checkpoint in out.glob("*/checkpoint.pt"):
-                try:
-                    step = load_checkpoint(checkpoint).step
-                except (ValueError, OSError, EOFError, RuntimeError):
-                    continue
-                if step >= 2000:
-                    run_dir = checkpoint.parent
-            time.sleep(0.05)
-    finally:
+
+    def checkpointed() -> Path | None:
+        for checkpoint in out.glob("*/checkpoint.pt"):
+            try:
+                if load_checkpoint(checkpoint).step >= 2000:
+                    return checkpoint.parent
+            except (ValueError, OSError, EOFError, RuntimeError):
+                continue
+        return None
+
+    with killed_on_exit(proc):
+        run_dir = wait_for(checkpointed, proc, timeout=120)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=30)
     step = load_checkpoint(run_dir / "checkpoint.pt").step
     done = subprocess.run([*RL_TRAIN[:3], "--resume", str(run_dir), "--total-timesteps",
                            str(step + 512), "--quiet"], capture_output=True, text=True,
@@ -153,18 +148,11 @@ def test_ctrl_c_on_the_terminal_ends_the_run_and_the_wandb_run(tmp_path):
     proc = subprocess.Popen([*RL_TRAIN, "--output-dir", str(out), "--total-timesteps",
                              "10000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, env=clean_env())  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not any(len(read_jsonl(p)) >= 5 for p in out.glob("*/metrics.jsonl")):
-            assert time.monotonic() < deadline, "no rows in 120 s"
-            assert proc.poll() is None, proc.communicate()
-            time.sleep(0.05)
+    with killed_on_exit(proc):
+        rows = lambda: any(len(read_jsonl(p)) >= 5 for p in out.glob("*/metrics.jsonl"))  # noqa: E731
+        wait_for(rows, proc, timeout=120)
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     (run_dir,) = out.iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"

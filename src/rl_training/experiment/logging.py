@@ -323,7 +323,7 @@ class CompositeLogger:
             if not missing:
                 rows[name] = row
                 continue
-            for kind in sorted(missing - {k for s, k in self._left_out if s == name}):
+            for kind in sorted(k for k in missing if (name, k) not in self._left_out):
                 self._left_out.add((name, kind))
                 warnings.warn(
                     f"log sink {name!r} does not take {kind} values; they are left out of "

@@ -83,23 +83,19 @@ def check_renders(env_id: str) -> None:
     """
     import gymnasium as gym
 
+    env = None
     try:
         env = gym.make(env_id, render_mode="rgb_array")
+        env.reset(seed=0)
+        frame = env.render()
     except Exception as error:  # noqa: BLE001  # the env's own code: any error
         raise ConfigError(
             f"video_every: env {env_id!r} cannot render rgb_array frames: "
             f"{type(error).__name__}: {error}"
         ) from None
-    try:
-        env.reset(seed=0)
-        frame = env.render()
-    except Exception as error:  # noqa: BLE001
-        raise ConfigError(
-            f"video_every: env {env_id!r} cannot render rgb_array frames: "
-            f"{type(error).__name__}: {error}"
-        ) from None
     finally:
-        env.close()
+        if env is not None:
+            env.close()
     shape = getattr(frame, "shape", None)
     if shape is None or len(shape) != 3:
         raise ConfigError(
