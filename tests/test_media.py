@@ -157,6 +157,39 @@ def test_channel_first_grey_and_float_images_are_normalised():
     assert row["h"].values.dtype == np.float64
 
 
+def test_a_video_that_travels_as_its_gif_decodes_to_its_frames():
+    """encoded_video (how a recorded video comes back from its process): shape known
+    without decoding; frames decoded from the GIF on first use, repeats expanded again,
+    exact for frames of at most 256 colours; through the composite it stays encoded."""
+    from rl_training.experiment.media import encoded_video, gif_bytes
+
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (7, 3), dtype=np.uint8)
+    frames = palette[rng.integers(0, 7, (6, 5, 4))]  # (T, H, W, 3)
+    frames[2] = frames[1]  # merged by Pillow into one longer frame
+    video = encoded_video(gif_bytes(frames, 25), frames.shape, 25)
+    assert video.shape == (6, 5, 4, 3) and video._frames is None
+    got = []
+
+    class Keep:
+        kinds = ("video",)
+
+        def log_metrics(self, metrics, step):
+            got.append(metrics["v"])
+
+        def log_config(self, config):
+            pass
+
+        def close(self):
+            pass
+
+    logger = CompositeLogger({"keep": Keep()})
+    logger.log_metrics({"v": video}, 3)
+    logger.close()
+    assert got[0] is video and video._frames is None  # nothing decoded on the way
+    assert np.array_equal(video.frames, frames)
+
+
 def test_a_sink_without_kinds_gets_scalars_only_with_one_warning_per_kind(tmp_path):
     """A sink that declares no kinds (every sink written before media) gets the scalars
     of a mixed call, and one SinkKindWarning per kind per run; a media-only call skips it."""

@@ -139,6 +139,67 @@ def test_video_every_logs_one_deterministic_episode(tmp_path):
     assert PILImage.open(io.BytesIO(data)).format == "GIF"
 
 
+def test_videos_are_recorded_in_a_child_process(tmp_path, monkeypatch):
+    """The env of --video-every renders in another process (training keeps its GIL);
+    the videos arrive whole and in order."""
+    import os
+
+    from rl_training import create_training_run
+    from rl_training.trainers import fit
+
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("RL_TEST_RENDER_PIDS", str(pids))
+    config = tiny_config(env_id="Witnessed-v0", output_dir=tmp_path, total_timesteps=256,
+                         hyperparams=HP, video_every=128, video_length=30,
+                         log_sinks=("json",))  # fmt: skip
+    with create_training_run(config) as run:
+        pids.write_text("")  # frames rendered here before (the start's check) are not counted
+        fit(run)
+    rendered = {int(line) for line in pids.read_text().split()}
+    assert rendered and os.getpid() not in rendered
+    lines = [strict_json_loads(x) for x in (run.run_dir / "media.jsonl").read_text().split()]
+    assert [(x["key"], x["step"]) for x in lines] == [("eval/video", 128), ("eval/video", 256)]
+    assert all(2 <= x["frames"] <= 30 and (x["height"], x["width"]) == (40, 60) for x in lines)
+
+
+def test_a_failing_recording_fails_the_run_with_the_envs_error(tmp_path, monkeypatch):
+    """An env that breaks while the child records: the run fails with the env's own
+    error in the message, and what was logged before stays."""
+    monkeypatch.setenv("RL_TEST_RENDER_PIDS", str(tmp_path / "pids"))
+    monkeypatch.setenv("RL_TEST_RENDER_FAIL_AT", "3")
+    with pytest.raises(RuntimeError, match="the projector broke at frame 3"):
+        train(tiny_config(env_id="Witnessed-v0", output_dir=tmp_path, total_timesteps=256,
+                          hyperparams=HP, video_every=128, video_length=30))  # fmt: skip
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert read_jsonl(run_dir / "metrics.jsonl")
+
+
+def test_an_env_a_child_cannot_import_is_recorded_on_a_thread(tmp_path, monkeypatch):
+    """An env class defined in a function cannot be made by name in another process:
+    its videos are recorded in this one, the same way."""
+    import os
+
+    import gymnasium as gym
+
+    pids = tmp_path / "pids"
+    monkeypatch.setenv("RL_TEST_RENDER_PIDS", str(pids))
+
+    class Local(dist_envs.Witnessed):
+        pass
+
+    gym.register(id="LocalWitnessed-v0", entry_point=Local, max_episode_steps=500)
+    try:
+        result = train(tiny_config(env_id="LocalWitnessed-v0", output_dir=tmp_path,
+                                   total_timesteps=256, hyperparams=HP, video_every=128,
+                                   video_length=30, log_sinks=("json",)))  # fmt: skip
+    finally:
+        del gym.registry["LocalWitnessed-v0"]
+    assert {int(line) for line in pids.read_text().split()} == {os.getpid()}
+    lines = [strict_json_loads(x) for x in (result.run_dir / "media.jsonl").read_text().split()]
+    assert [(x["key"], x["step"]) for x in lines] == [("eval/video", 128), ("eval/video", 256)]
+
+
 def test_an_env_that_cannot_render_is_refused_before_anything_is_created(tmp_path):
     """rl-train --video-every on an env without rgb_array frames: one line, exit 2, no
     run directory."""

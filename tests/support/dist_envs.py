@@ -58,6 +58,24 @@ class Painted(CartPoleEnv):
         return frame
 
 
+class Witnessed(Painted):
+    """Painted that appends the id of the process rendering it to the file named by
+    ``RL_TEST_RENDER_PIDS``; with ``RL_TEST_RENDER_FAIL_AT`` set, its n-th frame of an
+    episode raises."""
+
+    def reset(self, **kwargs):  # noqa: ANN003, ANN201  # gymnasium's signature
+        self.frames = 0
+        return super().reset(**kwargs)
+
+    def render(self):  # noqa: ANN201  # gymnasium's signature
+        self.frames += 1
+        if self.frames == int(os.environ.get("RL_TEST_RENDER_FAIL_AT", "0")):
+            raise RuntimeError(f"the projector broke at frame {self.frames}")
+        with open(os.environ["RL_TEST_RENDER_PIDS"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return super().render()
+
+
 class Blind(CartPoleEnv):
     """CartPole that renders nothing."""
 
@@ -66,3 +84,4 @@ class Blind(CartPoleEnv):
 
 register(id="Painted-v0", entry_point=Painted, max_episode_steps=500)
 register(id="Blind-v0", entry_point=Blind, max_episode_steps=500)
+register(id="Witnessed-v0", entry_point=Witnessed, max_episode_steps=500)

@@ -91,17 +91,40 @@ class Image(Media):
 
 class Video(Media):
     """Frames (T, H, W) or (T, H, W, C), C in 1, 3, 4, T at least 1; ``uint8``, or
-    float in [0, 1]; shown at ``fps`` frames per second."""
+    float in [0, 1]; shown at ``fps`` frames per second.
+
+    A video recorded by a trainer (``--video-every``) arrives encoded: its ``frames``
+    are decoded from its GIF on first use (``shape`` needs no decoding)."""
 
     kind = "video"
-    __slots__ = ("_encoded", "caption", "fps", "frames")
+    __slots__ = ("_encoded", "_frames", "_shape", "caption", "fps")
     _encoded: bytes
+    _frames: Any
+    _shape: tuple[int, ...] | None
 
     def __init__(self, frames: Any, *, fps: float = 30, caption: str | None = None) -> None:
         self.frames, self.fps, self.caption = frames, fps, caption
 
+    @property
+    def frames(self) -> Any:
+        """The frames; normalised: ``uint8`` numpy (T, H, W, C)."""
+        if self._frames is None:
+            self._frames = _gif_frames(self._encoded, self._shape, self.fps)
+        return self._frames
+
+    @frames.setter
+    def frames(self, frames: Any) -> None:
+        self._frames, self._shape = frames, None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``frames.shape``: (T, H, W, C) once normalised."""
+        if self._shape is not None:
+            return self._shape
+        return tuple(self.frames.shape)
+
     def _arrays(self) -> list[Any]:
-        return [self.frames]
+        return [] if self._frames is None else [self._frames]
 
     def _normalized(self, key: str, arrays: list[Any]) -> Video:
         fps = self.fps
@@ -122,7 +145,8 @@ class Video(Media):
                     caption=self.caption)  # fmt: skip
 
     def __repr__(self) -> str:
-        return f"Video(shape={getattr(self.frames, 'shape', '?')}, fps={self.fps!r})"
+        shape = self._shape if self._frames is None else getattr(self._frames, "shape", "?")
+        return f"Video(shape={shape}, fps={self.fps!r})"
 
 
 class Histogram(Media):
@@ -219,22 +243,39 @@ def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
     frame (Pillow's fast octree, no dithering: about 0.3 ms a 64x64 frame, 17x its
     default) and delays in hundredths of a second (frames repeated exactly are
     merged into one longer frame by Pillow)."""
+    return gif_file([gif_frame(frame) for frame in frames], fps)
+
+
+def gif_frame(frame: np.ndarray) -> Any:
+    """One normalised frame (``uint8`` (H, W, C)) as a palette image for
+    :func:`gif_file` (Pillow releases the GIL while it quantises: frames can be
+    quantised on other threads while more are made)."""
     pil = _pil_image()
-    if frames.shape[3] == 1:
-        frames = np.repeat(frames, 3, axis=3)
-    elif frames.shape[3] == 4:
-        frames = frames[..., :3]
-    images = [
-        pil.fromarray(np.ascontiguousarray(frame)).quantize(
-            256, method=pil.Quantize.FASTOCTREE, dither=pil.Dither.NONE
-        )
-        for frame in frames
-    ]
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif frame.shape[2] == 4:
+        frame = frame[..., :3]
+    return pil.fromarray(np.ascontiguousarray(frame)).quantize(
+        256, method=pil.Quantize.FASTOCTREE, dither=pil.Dither.NONE
+    )
+
+
+def gif_file(images: Sequence[Any], fps: float) -> bytes:
+    """The animated GIF of :func:`gif_frame` images, looping, at ``fps``."""
     buffer = io.BytesIO()
-    duration = max(20, round(1000 / fps / 10) * 10)  # GIF stores 10 ms units; 20 ms floor
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
-                   duration=duration, loop=0, optimize=False)  # fmt: skip
+    images[0].save(buffer, format="GIF", save_all=True, append_images=list(images[1:]),
+                   duration=_gif_duration(fps), loop=0, optimize=False)  # fmt: skip
     return buffer.getvalue()
+
+
+def encoded_video(gif: bytes, shape: tuple[int, ...], fps: float,
+                  caption: str | None = None) -> Video:  # fmt: skip
+    """A normalised :class:`Video` from its GIF (:func:`gif_file`) and the shape of the
+    frames it was made of, without the frames (decoded from the GIF if asked for):
+    how a video recorded in another process travels."""
+    video = _raw(Video, frames=None, fps=float(fps), caption=caption)
+    video._shape, video._encoded = tuple(shape), gif
+    return video
 
 
 def encoded(value: Image | Video) -> bytes:
@@ -339,6 +380,30 @@ def _to_host(pairs: list[tuple[str, Any]]) -> list[np.ndarray]:
     return out
 
 
+def _gif_duration(fps: float) -> int:
+    return max(20, round(1000 / fps / 10) * 10)  # GIF stores 10 ms units; 20 ms floor
+
+
+def _gif_frames(gif: bytes, shape: tuple[int, ...] | None, fps: float) -> np.ndarray:
+    """The frames of a GIF written by :func:`gif_file`, as ``uint8`` (T, H, W, C) of
+    ``shape`` (merged repeats expanded again; colours as the GIF keeps them)."""
+    assert shape is not None
+    pil = _pil_image()
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[shape[3]]
+    with pil.open(io.BytesIO(gif)) as image:
+        unit = _gif_duration(fps)
+        frames, repeats = [], []
+        for index in range(image.n_frames):
+            image.seek(index)
+            frame = np.asarray(image.convert(mode))
+            frames.append(frame[..., None] if frame.ndim == 2 else frame)
+            repeats.append(max(1, round((image.info.get("duration", unit) or unit) / unit)))
+    out = np.repeat(np.stack(frames), repeats, axis=0)[: shape[0]]
+    if len(out) < shape[0]:  # pad with the last frame (a GIF's last delay may be merged)
+        out = np.concatenate([out, np.repeat(out[-1:], shape[0] - len(out), axis=0)])
+    return np.ascontiguousarray(out)
+
+
 def _for_pil(image: np.ndarray) -> np.ndarray:
     return image[:, :, 0] if image.shape[2] == 1 else image
 
@@ -361,7 +426,10 @@ __all__ = [
     "Text",
     "Video",
     "encoded",
+    "encoded_video",
     "gif_bytes",
+    "gif_file",
+    "gif_frame",
     "histogram_counts",
     "normalize_media",
     "png_bytes",

@@ -9,10 +9,7 @@ policy network runs once per step for all episodes.
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Mapping
-from concurrent.futures import CancelledError
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +20,6 @@ import torch
 
 from rl_training.errors import ConfigError
 from rl_training.experiment.logging import Logger
-from rl_training.experiment.media import Video, encoded, normalize_media
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunFiles
 from rl_training.runtime.device import resolve_device
@@ -47,7 +43,6 @@ _FILES: Mapping[str, str] = {
 
 EVAL_SEED_OFFSET = 1_000_003
 """Evaluation envs are seeded ``seed + EVAL_SEED_OFFSET + i``: apart from training's."""
-VIDEO_SEED_OFFSET = 2_000_003
 """Offset of the video env's seed from the run's (apart from training and evaluation)."""
 
 
@@ -271,10 +266,9 @@ class PeriodicEvaluator:
         self._envs.close()
 
 
-def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> Policy:
-    """The policy of the trainer's current weights, copied to the CPU (training's
-    state and randomness are untouched)."""
-    saved = SavedModel(
+def current_saved(plan: Plan, trainer: Trainer) -> SavedModel:
+    """The trainer's current weights, copied to the CPU, as a :class:`SavedModel`."""
+    return SavedModel(
         algo=plan.spec.name,
         env_id=plan.config.env_id,
         hyperparams={k: list(v) if isinstance(v, tuple) else v
@@ -284,91 +278,16 @@ def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> P
         observation_space=plan.observation_space,
         action_space=plan.action_space,
     )  # fmt: skip
+
+
+def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> Policy:
+    """The policy of the trainer's current weights, copied to the CPU (training's
+    state and randomness are untouched)."""
     act: Policy = trainer_cls.load_policy(
-        saved, plan.observation_space, plan.action_space, torch.device("cpu")
-    )
+        current_saved(plan, trainer), plan.observation_space, plan.action_space,
+        torch.device("cpu"),
+    )  # fmt: skip
     return act
-
-
-class PeriodicVideo:
-    """``--video-every``: one deterministic episode of the current policy on a separate
-    env made with ``render_mode="rgb_array"``, logged as ``eval/video`` (at most
-    ``video_length`` frames, at the env's ``render_fps``, 30 if it names none).
-
-    The episode is played, rendered and encoded (GIF) on a thread of its own, with a
-    CPU copy of the weights of the step it was asked at: rendering and encoding a
-    500-frame 600x400 CartPole video take about 3 s, which training does not wait
-    for. Finished videos are logged, at the step they were asked at and in that
-    order, by the training thread at the next call and at :meth:`finish` (every
-    sink sees them from the training thread; the encoding is shared).
-    """
-
-    def __init__(
-        self, plan: Plan, trainer_cls: TrainerClass, trainer: Trainer, logger: Logger
-    ) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._plan, self._trainer_cls, self._trainer = plan, trainer_cls, trainer
-        self._logger = logger
-        self._env = gym.make(plan.config.env_id, render_mode="rgb_array")
-        self._fps = float(self._env.metadata.get("render_fps") or 30)
-        self._seed = plan.config.seed + VIDEO_SEED_OFFSET
-        self._generator = torch.Generator().manual_seed(self._seed)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl-training video")
-        self._pending: list[tuple[int, Any]] = []  # (step, future of a normalised Video)
-        self._stop = threading.Event()  # set by close(): a recording under way ends
-
-    def __call__(self, step: int) -> None:
-        """Log the videos finished so far; start recording one for ``step``."""
-        self._log_finished()
-        act = current_policy(self._plan, self._trainer_cls, self._trainer)
-        self._pending.append((step, self._worker.submit(self._record, act)))
-
-    def finish(self, timeout: float = 600.0) -> None:
-        """Wait (at most ``timeout`` s in all) for the videos under way and log them."""
-        self._log_finished(deadline=time.monotonic() + timeout)
-
-    def _log_finished(self, deadline: float | None = None) -> None:
-        from concurrent.futures import TimeoutError as FutureTimeout
-
-        while self._pending:
-            step, future = self._pending[0]
-            if deadline is None and not future.done():
-                return
-            try:
-                video = future.result(timeout=None if deadline is None else
-                                      max(0.0, deadline - time.monotonic()))  # fmt: skip
-            except FutureTimeout:
-                return
-            self._pending.pop(0)
-            self._logger.log_metrics({"eval/video": video}, step)
-
-    def _record(self, act: Policy) -> Video:
-        """Play one episode with ``act``; the video, normalised and encoded."""
-        obs, _ = self._env.reset(seed=self._seed)
-        frames = [np.asarray(self._env.render())]
-        while len(frames) < self._plan.config.video_length:
-            if self._stop.is_set():  # the run is ending without it
-                raise CancelledError
-            with torch.inference_mode():
-                action = act(np.asarray(obs)[None], True, self._generator)[0]
-            obs, _, terminated, truncated, _ = self._env.step(action)
-            frames.append(np.asarray(self._env.render()))
-            if terminated or truncated:
-                break
-        video = normalize_media([("eval/video", Video(np.stack(frames), fps=self._fps))])
-        encoded(video["eval/video"])  # type: ignore[arg-type]  # a Video
-        return video["eval/video"]  # type: ignore[return-value]
-
-    def close(self) -> None:
-        """Drop the videos not logged yet (a recording under way stops at its next
-        frame); stop the thread and close the env."""
-        self._stop.set()
-        for _, future in self._pending:
-            future.cancel()
-        self._pending.clear()
-        self._worker.shutdown(wait=True)
-        self._env.close()
 
 
 def registered_env_id(env_id: str) -> str:

@@ -42,8 +42,9 @@ from rl_training.runtime.plan import Plan, resolve_plan
 from rl_training.runtime.seeding import resume_seed
 from rl_training.runtime.signals import interrupt_for, requested_stop
 from rl_training.trainers.checkpoint import Checkpoint, Checkpointer
-from rl_training.trainers.evaluation import PeriodicEvaluator, PeriodicVideo
+from rl_training.trainers.evaluation import PeriodicEvaluator
 from rl_training.trainers.session import Session, Trainer, run_loop, saved_modules, trainer_class
+from rl_training.trainers.video import PeriodicVideo
 
 RESULT_WINDOW = 20
 """Episodes :attr:`TrainResult.mean_return` averages (the contract's "last 20")."""

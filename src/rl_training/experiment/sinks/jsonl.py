@@ -105,7 +105,7 @@ class JsonlSink:
                 line["height"], line["width"] = value.data.shape[:2]
             else:
                 suffix = "gif"
-                line["frames"], line["height"], line["width"] = value.frames.shape[:3]
+                line["frames"], line["height"], line["width"] = value.shape[:3]
                 line["fps"] = value.fps
             if value.caption is not None:
                 line["caption"] = value.caption

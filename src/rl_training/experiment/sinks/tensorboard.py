@@ -254,7 +254,7 @@ def _media_value(value: Any, tag: str, media: Media) -> Any:
         if isinstance(media, Image):
             height, width, colours = media.data.shape
         else:  # a GIF is RGB whatever the frames were
-            (_, height, width, _), colours = media.frames.shape, 3
+            (_, height, width, _), colours = media.shape, 3
         return value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=colours,
                                                   encoded_image_string=encoded(media)))  # fmt: skip
     if isinstance(media, Histogram):
