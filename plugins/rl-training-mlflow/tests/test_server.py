@@ -126,7 +126,9 @@ def test_server_back_after_an_outage_gets_every_row(server, tmp_path):
     """The server goes away for some seconds and comes back on the same port: the
     sink's retries deliver everything, nothing is counted lost."""
     out = tmp_path / "runs"
-    with killed_on_exit(train_until_rows_arrive(server, out, 100000)) as proc:
+    # Long enough that the sink's backed-off retry (up to 8 s after a 6 s outage) comes
+    # while the run still trains, on a loaded machine too.
+    with killed_on_exit(train_until_rows_arrive(server, out, 200000)) as proc:
         server.kill()
         server.start()  # about 6 s away
         assert proc.poll() is None, "the run ended before the server was back"
