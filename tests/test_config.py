@@ -102,7 +102,7 @@ def test_unknown_hyperparameter_lists_the_valid_keys():
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"gamma": 1.5}, "gamma"),
         ({"anneal_lr": 1}, "anneal_lr"),
-        ({"net_arch": []}, "net_arch"),
+        ({"net_arch": [64, 0]}, "net_arch"),
         ({"net_arch": [64, "x"]}, "net_arch"),
     ],
 )

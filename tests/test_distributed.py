@@ -417,3 +417,22 @@ def test_a_background_sink_under_torchrun_is_rank_zeros_and_gets_every_row(
     }  # fmt: skip
     assert (run_dir / "slow.txt").read_text() == "0 1 2 finished"
     assert [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_normalize_obs_statistics_are_merged_across_ranks(tmp_path):
+    """Every rank's observations enter one set of statistics, the same on both ranks:
+    the model's count is both ranks' observations."""
+    from rl_training.trainers.checkpoint import load_checkpoint, load_model
+
+    proc = rl_train_ranks("--algo", "ppo", "--env-id", "Pendulum-v1", "--total-timesteps", "512",
+                          "--device", "cpu", "--output-dir", "runs", "--quiet", *TINY["ppo"],
+                          "--hp", "normalize_obs=true", "--hp", "normalize_reward=true",
+                          cwd=tmp_path)  # fmt: skip
+    code, _, err = finish(proc)
+    assert code == 0, err[-3000:]
+    run_dir = only_run(tmp_path)
+    stats = load_model(run_dir / "model.pt").state_dicts["obs_norm"]
+    # 2 ranks x 2 envs: the first resets, then 512 / 4 = 128 vector steps
+    assert stats["count"].item() == pytest.approx(4 * (1 + 128) + 1e-4)
+    session = load_checkpoint(run_dir / "checkpoint.pt").trainer["session"]
+    torch.testing.assert_close(session["obs_norm"]["mean"], stats["mean"])

@@ -45,16 +45,24 @@ class _Common:
     gamma: float = 0.99
     """Discount factor."""
     net_arch: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of every network (Tanh on-policy, ReLU off-policy)."""
+    """Hidden layer sizes of every network (Tanh on-policy, ReLU off-policy); ``[]``:
+    the heads read the observation (or the CNN's features) directly, as SB3's
+    ``CnnPolicy`` on Atari."""
+    normalize_obs: bool = False
+    """Normalise vector observations by their running mean and variance, clipped to
+    +-10 (SB3's ``VecNormalize``); the statistics are saved with the model."""
+    normalize_reward: bool = False
+    """Divide rewards by the running standard deviation of the discounted return,
+    clipped to +-10 (``episode/return`` stays the env's own)."""
 
     def __post_init__(self) -> None:
         _check_types(self)
         _positive("num_envs", self.num_envs)
         _positive("learning_rate", self.learning_rate)
         _unit_interval("gamma", self.gamma)
-        if not self.net_arch or any(width <= 0 for width in self.net_arch):
+        if any(width <= 0 for width in self.net_arch):
             raise ConfigError(
-                f"hyperparams['net_arch'] must be a non-empty list of positive layer "
+                f"hyperparams['net_arch'] must be a list of positive layer "
                 f"widths, got {list(self.net_arch)!r}"
             )
 
@@ -63,6 +71,8 @@ class _Common:
 class _OnPolicy(_Common):
     """Fields the rollout algorithms (PPO, A2C) share."""
 
+    log_std_init: float = 0.0
+    """Initial log standard deviation of a Box action's Gaussian policy."""
     anneal_lr: bool = False
     """Linearly decay the learning rate to 0 over ``total_timesteps``."""
     n_steps: int = 128

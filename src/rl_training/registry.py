@@ -33,8 +33,11 @@ class AlgorithmSpec:
     """``"module:Class"`` of its trainer, imported on first use."""
     action_spaces: tuple[str, ...]
     """The gymnasium action-space classes it can act in."""
-    observation_spaces: tuple[str, ...] = ("Box", "Discrete")
-    """The gymnasium observation-space classes its networks read."""
+    observation_spaces: tuple[str, ...] = ("Box", "Discrete", "Dict")
+    """The gymnasium observation-space classes its networks read (a Dict's entries
+    Box or Discrete)."""
+    image_observations: bool = False
+    """Whether its networks read images (a Nature CNN first)."""
     distributed: bool = False
     """Whether it trains on several processes under ``torchrun``."""
 
@@ -86,6 +89,7 @@ ALGORITHMS: Mapping[str, AlgorithmSpec] = types.MappingProxyType(
                 hyperparams=_hp.PPOHyperparams,
                 trainer="rl_training.trainers.ppo:PPOTrainer",
                 action_spaces=("Discrete", "Box"),
+                image_observations=True,
                 distributed=True,
             ),
             AlgorithmSpec(
@@ -93,6 +97,7 @@ ALGORITHMS: Mapping[str, AlgorithmSpec] = types.MappingProxyType(
                 hyperparams=_hp.A2CHyperparams,
                 trainer="rl_training.trainers.a2c:A2CTrainer",
                 action_spaces=("Discrete", "Box"),
+                image_observations=True,
                 distributed=True,
             ),
             AlgorithmSpec(
@@ -100,6 +105,7 @@ ALGORITHMS: Mapping[str, AlgorithmSpec] = types.MappingProxyType(
                 hyperparams=_hp.DQNHyperparams,
                 trainer="rl_training.trainers.dqn:DQNTrainer",
                 action_spaces=("Discrete",),
+                image_observations=True,
             ),
             AlgorithmSpec(
                 name="sac",

@@ -320,6 +320,15 @@ class Replicas:
                 tensor.copy_(flat[offset : offset + n].view_as(tensor))
                 offset += n
 
+    def sum_(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over the ranks, in place (``normalize_obs`` statistics)."""
+        if self._comm_device == tensor.device:
+            self._dist.all_reduce(tensor)
+            return
+        host = tensor.to(self._comm_device)
+        self._dist.all_reduce(host)
+        tensor.copy_(host)
+
     # -- every optimiser step --------------------------------------------------------------
 
     def average_gradient_(self, buffer: torch.Tensor) -> None:

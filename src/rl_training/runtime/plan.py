@@ -61,12 +61,28 @@ def resolve_plan(config: TrainConfig, world: World | None = None) -> Plan:
     device = resolve_device(config.device, world)
     observation_space, action_space = env_spaces(config.env_id)
     spec.check_spaces(config.env_id, observation_space, action_space)
+    from rl_training.runtime.spaces import check_observation_space
+
+    check_observation_space(
+        spec.name, config.env_id, observation_space, images=spec.image_observations
+    )
+    hp = config.algo_hyperparams()
+    if getattr(hp, "normalize_obs", False):
+        from rl_training.runtime.spaces import check_normalizable
+
+        check_normalizable(config.env_id, observation_space)
+    buffer_size = getattr(hp, "buffer_size", None)
+    if buffer_size is not None:
+        from rl_training.runtime.spaces import check_replay_fits
+
+        num_envs = getattr(hp, "num_envs", 1)
+        check_replay_fits(buffer_size, observation_space, action_space, num_envs, device)
     if config.video_every and world.is_writer:
         check_renders(config.env_id)
     return Plan(
         config=config,
         spec=spec,
-        hp=config.algo_hyperparams(),
+        hp=hp,
         device=device,
         observation_space=observation_space,
         action_space=action_space,
@@ -81,11 +97,11 @@ def check_renders(env_id: str) -> None:
         ValueError: it cannot (no ``rgb_array`` mode, a renderer missing such as
             pygame); one line naming the env and why, for ``--video-every``.
     """
-    import gymnasium as gym
+    from rl_training.runtime.environments import make_env
 
     env = None
     try:
-        env = gym.make(env_id, render_mode="rgb_array")
+        env = make_env(env_id, render_mode="rgb_array", training=False)
         env.reset(seed=0)
         frame = env.render()
     except Exception as error:  # noqa: BLE001  # the env's own code: any error
@@ -110,27 +126,11 @@ def env_spaces(env_id: str) -> tuple[Any, Any]:
     Raises:
         ValueError: gymnasium does not know ``env_id``, or cannot make it here.
     """
-    import importlib
+    from rl_training.runtime.environments import env_spec, make_env
 
-    import gymnasium as gym
-
-    module, _, name = env_id.rpartition(":")
-    if module:  # "package.module:Env-v0": the module registers the env (as gym.make does)
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            raise ConfigError(
-                f"env_id: {env_id!r}: module {module!r} cannot be imported ({error})"
-            ) from None
+    env_spec(env_id)
     try:
-        gym.spec(name)
-    except gym.error.Error as error:
-        raise ConfigError(
-            f"env_id: {env_id!r} is not a registered gymnasium environment ({error}); "
-            "e.g. 'CartPole-v1', 'Pendulum-v1' (see gymnasium.envs.registry)"
-        ) from None
-    try:
-        env = gym.make(env_id)
+        env = make_env(env_id)
     except Exception as error:  # missing extras (box2d, mujoco...) and the like
         raise ConfigError(
             f"env_id: {env_id!r} is registered but cannot be made here: "

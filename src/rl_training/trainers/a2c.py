@@ -69,7 +69,7 @@ class A2CTrainer:
         buffer, batch = self.buffer, length * hp.num_envs
         b_values, b_returns = buffer.values[:length].reshape(batch), returns.reshape(batch)
         logp, entropy, value = agent.evaluate_actions(
-            buffer.obs[:length].reshape(batch, -1),
+            buffer.obs[:length].flatten(0, 1),
             buffer.actions[:length].reshape(batch, *agent.action_shape),
         )
         b_adv = adv.reshape(batch)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from rl_training.trainers.envs import EnvStepper
+from rl_training.trainers.observations import ObsLayout
 
 
 class RolloutBuffer:
@@ -21,7 +22,7 @@ class RolloutBuffer:
     Args:
         n_steps: Capacity in vector steps.
         num_envs: Parallel environments.
-        obs_size: Flat observation size.
+        obs: How observations are kept (their shape and dtype: ``uint8`` images).
         action_shape: Shape of one env's action (``()`` for Discrete).
         discrete: Store actions as ``long`` (else ``float32``).
         device: Where observations, actions, log-probs and values live.
@@ -31,13 +32,15 @@ class RolloutBuffer:
         self,
         n_steps: int,
         num_envs: int,
-        obs_size: int,
+        obs: ObsLayout,
         action_shape: tuple[int, ...],
         discrete: bool,
         device: torch.device,
     ) -> None:
         self.device = device
-        self.obs = torch.zeros((n_steps, num_envs, obs_size), device=device)
+        self.obs = torch.zeros(
+            (n_steps, num_envs, *obs.shape), dtype=obs.torch_dtype, device=device
+        )
         action_dtype = torch.long if discrete else torch.float32
         self.actions = torch.zeros(
             (n_steps, num_envs, *action_shape), dtype=action_dtype, device=device
@@ -255,3 +258,167 @@ class ReplayBuffer:
             next_obs=self.next_obs[idx],
             terminations=scalars[..., 1],
         )
+
+
+class ImageReplayBuffer(ReplayBuffer):
+    """A replay buffer of ``uint8`` observations (images, packed Dicts), each kept once.
+
+    A transition's next observation is the next row of the same environment (rows
+    are written ``num_envs`` at a time), so only ``obs`` is stored, not ``next_obs``
+    as well: half the memory of :class:`ReplayBuffer`. Where the next row is not the
+    transition's successor, the real next observation is kept aside:
+
+    - a truncated transition (the next row starts a new episode) keeps its final
+      observation in a side store of ``capacity // 16 + num_envs`` rows; should
+      more truncations than that be held at once, the oldest lose it and are
+      learned as terminations. (A terminated transition needs none: it is not
+      bootstrapped.)
+    - the newest ``num_envs`` rows (their successors are not written yet) keep
+      their next observations in the side store's last ``num_envs`` rows.
+
+    Samples, their order and :class:`ReplayBatch` are those of :class:`ReplayBuffer`.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs: ObsLayout,
+        num_envs: int,
+        action_shape: tuple[int, ...],
+        discrete: bool,
+        device: torch.device,
+    ) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.num_envs = num_envs
+        self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=device)
+        action_dtype = torch.long if discrete else torch.float32
+        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
+        self.scalars = torch.zeros((capacity, 3), device=device)
+        self.finals_kept = capacity // 16 + num_envs
+        """Truncated transitions whose final observations are kept at once."""
+        #: Final observations (``finals_kept`` rows), then the newest rows' next ones.
+        self.side = torch.zeros(
+            (self.finals_kept + num_envs, *obs.shape), dtype=obs.torch_dtype, device=device
+        )
+        self.side_row = torch.full((capacity,), -1, dtype=torch.long, device=device)
+        """Per row: where in :attr:`side` its next observation is, or -1 (the next row)."""
+        self.side_owner = torch.full((self.finals_kept,), -1, dtype=torch.long, device=device)
+        self.next_side = 0
+        """The side row the next truncation takes."""
+        self._host = None
+        self.pos = 0
+        self.size = 0
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """Append one vector step (one row per environment, ``num_envs`` rows)."""
+        n, cap = obs.shape[0], self.capacity
+        rows = torch.arange(self.pos, self.pos + n, device=self.device) % cap
+        # The rows written before these now have their successors: forget their
+        # "newest" side entries.
+        previous = (rows - n) % cap
+        newest = self.side_row[previous] >= self.finals_kept
+        self.side_row[previous] = torch.where(newest, -1, self.side_row[previous])
+        # The rows about to be overwritten lose their final observations
+        old = self.side_row[rows]
+        kept = (old >= 0) & (old < self.finals_kept)
+        self.side_owner[old[kept]] = -1
+        self.obs[rows] = obs
+        self.actions[rows] = actions
+        scalars = np.stack([rewards, terminated, truncated], axis=1).astype(np.float32)
+        side = torch.arange(self.finals_kept, self.finals_kept + n)
+        for i in np.flatnonzero(truncated & ~terminated):  # rare: a time limit
+            slot = self.next_side
+            self.next_side = (slot + 1) % self.finals_kept
+            owner = int(self.side_owner[slot])
+            if owner >= 0:  # evicted: that transition is learned as a termination
+                self.side_row[owner] = -1
+                self.scalars[owner, 1] = 1.0
+            self.side_owner[slot] = int(rows[i])
+            self.side[slot] = next_obs[i]
+            side[i] = slot
+        self.side[self.finals_kept :] = next_obs
+        self.side_row[rows] = side.to(self.device)
+        self.scalars[rows] = torch.from_numpy(scalars).to(self.device, non_blocking=True)
+        self.pos = (self.pos + n) % cap
+        self.size = min(self.size + n, cap)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every stored tensor (copies) and the positions."""
+        return {
+            "obs": self.obs[: self.size].clone(),
+            "actions": self.actions[: self.size].clone(),
+            "scalars": self.scalars[: self.size].clone(),
+            "side": self.side.clone(),
+            "side_row": self.side_row[: self.size].clone(),
+            "side_owner": self.side_owner.clone(),
+            "next_side": self.next_side,
+            "pos": self.pos,
+            "size": self.size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` into this buffer (of the same capacity).
+
+        Raises:
+            ValueError: the state holds more rows than this buffer's capacity, or
+                another number of environments.
+        """
+        size = int(state["size"])
+        if size > self.capacity or state["side"].shape != self.side.shape:
+            raise ValueError(
+                f"replay buffer state holds {size} transitions of "
+                f"{tuple(state['side'].shape)} side rows; this buffer takes {self.capacity} "
+                f"and {tuple(self.side.shape)}"
+            )
+        with torch.no_grad():
+            for name in ("obs", "actions", "scalars", "side_row"):
+                getattr(self, name)[:size] = state[name]
+            self.side.copy_(state["side"])
+            self.side_owner.copy_(state["side_owner"])
+        self.next_side = int(state["next_side"])
+        self.pos, self.size = int(state["pos"]), size
+
+    def sample(
+        self, batch_size: int, generator: torch.Generator, batches: int | None = None
+    ) -> ReplayBatch:
+        """As :meth:`ReplayBuffer.sample`; the next observations are the next rows of
+        the same environment, or the side store's."""
+        shape = (batch_size,) if batches is None else (batches, batch_size)
+        idx = torch.randint(0, self.size, shape, generator=generator, device=self.device)
+        scalars = self.scalars[idx]
+        side = self.side_row[idx]
+        aside = (side >= 0).reshape(*shape, *([1] * (self.obs.dim() - 1)))
+        next_obs = torch.where(
+            aside, self.side[side.clamp(min=0)], self.obs[(idx + self.num_envs) % self.capacity]
+        )
+        return ReplayBatch(
+            obs=self.obs[idx],
+            actions=self.actions[idx],
+            rewards=scalars[..., 0],
+            next_obs=next_obs,
+            terminations=scalars[..., 1],
+        )
+
+
+def replay_buffer(
+    capacity: int,
+    obs: ObsLayout,
+    num_envs: int,
+    action_shape: tuple[int, ...],
+    discrete: bool,
+    device: torch.device,
+) -> ReplayBuffer:
+    """The replay buffer for ``obs``: :class:`ImageReplayBuffer` for ``uint8``
+    observations, else :class:`ReplayBuffer`."""
+    if obs.dtype == "uint8":
+        return ImageReplayBuffer(capacity, obs, num_envs, action_shape, discrete, device)
+    return ReplayBuffer(capacity, obs.size, action_shape, discrete, device)

@@ -9,6 +9,7 @@ without making the env. Both are written atomically and read with
 
 from __future__ import annotations
 
+import collections
 import io
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -112,11 +113,15 @@ class Checkpoint:
         """The policy part of the checkpoint, as a model file holds it."""
         config = self.config
         hyperparams = get_spec(config["algo"]).build_hyperparams(config["hyperparams"])
+        state_dicts = {name: self.trainer[name] for name in module_names}
+        obs_norm = self.trainer.get("session", {}).get("obs_norm")
+        if obs_norm is not None:  # normalize_obs: the statistics the policy reads with
+            state_dicts["obs_norm"] = obs_norm
         return SavedModel(
             algo=config["algo"],
             env_id=config["env_id"],
             hyperparams=_plain(asdict(hyperparams)),
-            state_dicts={name: self.trainer[name] for name in module_names},
+            state_dicts=state_dicts,
             observation_space=self.observation_space,
             action_space=self.action_space,
         )
@@ -165,7 +170,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
-    """A Box or Discrete space as tensors and plain values (``weights_only``-safe)."""
+    """A Box, Discrete or Dict space as tensors and plain values (``weights_only``-safe)."""
+    if isinstance(space, gym.spaces.Dict):
+        entries = [[key, space_to_dict(sub)] for key, sub in space.spaces.items()]
+        return {"type": "Dict", "entries": entries}
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
@@ -175,7 +183,7 @@ def space_to_dict(space: gym.Space[Any]) -> dict[str, Any]:
         }
     if isinstance(space, gym.spaces.Discrete):
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    raise ValueError(f"space {space} is not supported (Box or Discrete)")
+    raise ValueError(f"space {space} is not supported (Box, Discrete or a Dict of them)")
 
 
 def space_from_dict(data: Mapping[str, Any]) -> gym.Space[Any]:
@@ -183,6 +191,10 @@ def space_from_dict(data: Mapping[str, Any]) -> gym.Space[Any]:
     if data["type"] == "Box":
         dtype = np.dtype(data["dtype"])
         return gym.spaces.Box(data["low"].numpy(), data["high"].numpy(), dtype=dtype)
+    if data["type"] == "Dict":  # the entries in their order (a dict would be sorted)
+        return gym.spaces.Dict(
+            collections.OrderedDict((key, space_from_dict(sub)) for key, sub in data["entries"])
+        )
     return gym.spaces.Discrete(data["n"], start=data["start"])
 
 

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from rl_training.hyperparams import DQNHyperparams
-from rl_training.trainers.buffers import ReplayBuffer
+from rl_training.trainers.buffers import replay_buffer
 from rl_training.trainers.checkpoint import SavedModel
-from rl_training.trainers.envs import discrete_space, obs_dim, obs_to_tensor
+from rl_training.trainers.envs import discrete_space
 from rl_training.trainers.networks import MLP, mlp
+from rl_training.trainers.observations import ObsLayout, layout, obs_to_tensor
 from rl_training.trainers.optim import (
     FlatOptimizer,
     flatten_parameters,
@@ -34,9 +35,36 @@ from rl_training.trainers.optim import (
 from rl_training.trainers.session import Policy, Session, load_state, state_of
 
 
-def q_network(obs_size: int, n_actions: int, net_arch: tuple[int, ...]) -> MLP:
-    """Q(s, .): an MLP with ReLU and one output per action (SB3's QNetwork)."""
-    return mlp(obs_size, net_arch, n_actions, activation=torch.relu, out_gain=None)
+class CnnQNetwork(nn.Module):
+    """Q(s, .) of image (or packed Dict) observations: the layout's encoder (a Nature
+    CNN), then an MLP with one output per action (SB3's ``CnnPolicy``)."""
+
+    def __init__(self, obs: ObsLayout, n_actions: int, net_arch: tuple[int, ...]) -> None:
+        super().__init__()
+        self.features = obs.encoder()
+        self.obs_dims = len(obs.shape)
+        self.head = mlp(
+            self.features.out_dim, net_arch, n_actions, activation=torch.relu, out_gain=None
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``(..., n_actions)`` of observations ``(..., *shape)`` (minibatches drawn
+        together have two leading axes)."""
+        lead = obs.shape[: obs.dim() - self.obs_dims]
+        x = obs.reshape(-1, *obs.shape[obs.dim() - self.obs_dims :])
+        q: torch.Tensor = self.head(self.features(x))
+        return q.reshape(*lead, q.shape[-1])
+
+
+def q_network(
+    space: gym.Space[Any], n_actions: int, net_arch: tuple[int, ...]
+) -> MLP | CnnQNetwork:
+    """Q(s, .): an MLP with ReLU and one output per action (SB3's QNetwork), after a
+    CNN for images."""
+    found = layout(space)
+    if found.has_images:
+        return CnnQNetwork(found, n_actions, net_arch)
+    return mlp(found.size, net_arch, n_actions, activation=torch.relu, out_gain=None)
 
 
 class DQNTrainer:
@@ -50,20 +78,20 @@ class DQNTrainer:
     def __init__(self, session: Session[DQNHyperparams]) -> None:
         self.session = session
         hp, device = session.hp, session.device
-        obs_size = obs_dim(session.plan.observation_space)
+        obs = layout(session.plan.observation_space)
         self.n_actions = int(discrete_space(session.plan.action_space).n)
-        self.q_net = q_network(obs_size, self.n_actions, hp.net_arch).to(device)
+        self.q_net = q_network(obs.space, self.n_actions, hp.net_arch).to(device)
         self.q_target = copy.deepcopy(self.q_net)
         self.optimizer = FlatOptimizer([self.q_net], "adam", lr=hp.learning_rate)
         self.target_params = flatten_parameters([self.q_target], with_grad=False)
-        self.buffer = ReplayBuffer(hp.buffer_size, obs_size, (), True, device)
+        self.buffer = replay_buffer(hp.buffer_size, obs, hp.num_envs, (), True, device)
         self.n_updates = 0
         self.train_values: dict[str, Any] = {}
         # Minibatches drawn together, their targets in one forward of the target network:
         # up to ~1,024 rows (and ~64 MB of observations). Larger forwards are no faster,
         # and their activations come as fresh memory from the kernel every phase
         # (README, "Performance notes").
-        rows = max(1, min(1024, 2**23 // obs_size))
+        rows = max(1, min(1024, 2**25 // obs.nbytes))
         self.batches_at_once = max(1, min(hp.gradient_steps, rows // hp.batch_size))
         # Counted in vector steps, as SB3 does: max(interval // num_envs, 1)
         self.target_every = max(hp.target_update_interval // hp.num_envs, 1)
@@ -142,9 +170,17 @@ class DQNTrainer:
         Returns:
             ``Q(s, .)`` of the batch, ``(B, n_actions)``.
         """
-        q_all, inputs = self.q_net.forward_saving(obs)
+        q_net = self.q_net
+        if isinstance(q_net, CnnQNetwork):  # a CNN: through autograd
+            self.optimizer.zero_grad()
+            q_all = q_net(obs)
+            q = (q_all * taken).sum(-1, keepdim=True)
+            nn.functional.smooth_l1_loss(q, targets).backward()  # type: ignore[no-untyped-call]
+            detached: torch.Tensor = q_all.detach()
+            return detached
+        q_all, inputs = q_net.forward_saving(obs)
         grad_q = (q_all - targets).clamp_(-1.0, 1.0).div_(obs.shape[0])
-        self.q_net.backward_(inputs, grad_q.mul_(taken))
+        q_net.backward_(inputs, grad_q.mul_(taken))
         return q_all
 
     def state_dict(self) -> dict[str, Any]:
@@ -166,7 +202,7 @@ class DQNTrainer:
         """Rebuild the Q-network: greedy, or epsilon-greedy with the final epsilon."""
         hp = saved.hyperparams
         n_actions = int(discrete_space(action_space).n)
-        q_net = q_network(obs_dim(observation_space), n_actions, tuple(hp["net_arch"])).to(device)
+        q_net = q_network(observation_space, n_actions, tuple(hp["net_arch"])).to(device)
         q_net.load_state_dict(saved.state_dicts["q_net"])
         q_net.eval()
 

@@ -13,10 +13,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
 from rl_training.errors import EnvError
 from rl_training.experiment.logging import Logger
+from rl_training.runtime.environments import GAME_LENGTH, GAME_RETURN, is_atari, make_env
+from rl_training.trainers.normalize import Merge, ObsNormalizer, RewardNormalizer
+from rl_training.trainers.observations import layout
 
 RETURN_MEAN_WINDOW = 100
 """Finished episodes over which ``episode/return_mean`` is taken (SB3's ``ep_rew_mean``)."""
@@ -35,7 +37,7 @@ def make_vec_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVector
     """
     try:
         envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id) for _ in range(num_envs)],
+            [lambda: make_env(env_id) for _ in range(num_envs)],
             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
             copy=False,
         )
@@ -95,14 +97,31 @@ class EpisodeTracker:
         if dones.any():
             for i in np.flatnonzero(dones):
                 found = () if extras is None else tuple(extras[i].tolist())
-                if self._deferred:
-                    self._pending.append(
-                        (step, float(self._returns[i]), int(self._lengths[i]), *found)
-                    )
-                else:
-                    self.record(step, float(self._returns[i]), int(self._lengths[i]), found)
+                self._finished(step, float(self._returns[i]), int(self._lengths[i]), found)
             self._returns[dones] = 0.0
             self._lengths[dones] = 0
+
+    def update_games(
+        self,
+        ended: np.ndarray,
+        returns: np.ndarray,
+        lengths: np.ndarray,
+        step: int,
+        extras: np.ndarray | None = None,
+    ) -> None:
+        """Log the games that ``ended`` with their own ``returns`` and ``lengths``
+        (Atari: an episode of training ends at a lost life, a game at the last)."""
+        for i in np.flatnonzero(ended):
+            found = () if extras is None else tuple(extras[i].tolist())
+            self._finished(step, float(returns[i]), int(lengths[i]), found)
+
+    def _finished(
+        self, step: int, episode_return: float, length: int, found: tuple[float, ...]
+    ) -> None:
+        if self._deferred:
+            self._pending.append((step, episode_return, length, *found))
+        else:
+            self.record(step, episode_return, length, found)
 
     def record(
         self, step: int, episode_return: float, length: int, extras: Sequence[float] = ()
@@ -190,11 +209,18 @@ class EnvStepper:
         *,
         replicas: int = 1,
         env_id: str = "env",
+        normalize_obs: bool = False,
+        normalize_reward: bool = False,
+        gamma: float = 0.99,
+        merge: Merge | None = None,
     ) -> None:
         self._envs = envs
         self._env_id = env_id
         self._device = device
         self._space = envs.single_observation_space
+        self._layout = layout(self._space)
+        self._games = is_atari(env_id)
+        """Episodes are whole games (Atari): logged from the env's own count."""
         self._episodes = episodes
         self._num_envs: int = envs.num_envs
         self.step_size: int = envs.num_envs * replicas
@@ -202,6 +228,13 @@ class EnvStepper:
         environment of every rank (``replicas`` ranks step in lockstep)."""
         self.steps = 0
         """Environment steps so far, summed over environments (and ranks)."""
+        self._merge = merge
+        self.obs_norm = ObsNormalizer(self._layout.size).to(device) if normalize_obs else None
+        """``normalize_obs``: the running statistics (updated at every step)."""
+        self.reward_norm = RewardNormalizer(self._num_envs, gamma) if normalize_reward else None
+        """``normalize_reward``: the return statistics."""
+        self.raw_obs: torch.Tensor | None = None
+        """``normalize_obs``: :attr:`obs` before normalisation."""
         self.obs = self.reset(seed)
 
     def reset(self, seed: int) -> torch.Tensor:
@@ -213,10 +246,22 @@ class EnvStepper:
             raw, _ = self._envs.reset(seed=seed)
         except Exception as error:  # noqa: BLE001  # the env's own code: any error
             raise self._env_error("reset", error) from error
-        raw = np.array(raw)  # the vector env's own array: the next step overwrites it
         self._episodes.restart()
-        self.obs = obs_to_tensor(raw, self._space, self._device)
+        if self.reward_norm is not None:
+            self.reward_norm.returns[:] = 0.0
+        self.obs = self._normalized(self._layout.to_tensor(_copied(raw), self._device), True)
         return self.obs
+
+    def _normalized(self, obs: torch.Tensor, update: bool) -> torch.Tensor:
+        """``obs`` normalised with ``normalize_obs`` (the statistics updated with it
+        first if ``update``); as it is without."""
+        if self.obs_norm is None:
+            return obs
+        if update:
+            self.raw_obs = obs
+            self.obs_norm.update(obs, self._merge)
+        normalized: torch.Tensor = self.obs_norm(obs)
+        return normalized
 
     def _final_info(self, infos: Mapping[str, Any], done: np.ndarray) -> np.ndarray:
         """``(num_envs, len(extra_keys))``: each key's numeric value in the finished
@@ -238,6 +283,21 @@ class EnvStepper:
                     continue
         return out
 
+    def _update_games(self, infos: Mapping[str, Any], done: np.ndarray) -> None:
+        """Log the games that ended (their score and length in the final infos)."""
+        final = infos.get("final_info") if done.any() else None
+        if not isinstance(final, Mapping) or GAME_RETURN not in final:
+            return
+        ended = done & np.asarray(final[f"_{GAME_RETURN}"], dtype=bool)
+        if ended.any():
+            self._episodes.update_games(
+                ended,
+                np.asarray(final[GAME_RETURN], dtype=np.float64),
+                np.asarray(final[GAME_LENGTH], dtype=np.int64),
+                self.steps,
+                self._final_info(infos, ended),
+            )
+
     def _env_error(self, call: str, error: Exception) -> EnvError:
         """An error of the env's own code as one :class:`EnvError` line."""
         return EnvError(
@@ -253,54 +313,71 @@ class EnvStepper:
     def step(self, actions: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
         """Step every env; return ``(real next obs, reward, terminated, truncated)``.
 
-        Afterwards :attr:`obs` holds the observations to act on next (a new episode's
+        With ``normalize_obs``/``normalize_reward`` the observations and rewards
+        returned (and :attr:`obs`) are normalised; episodes are logged with the env's
+        own rewards. Afterwards :attr:`obs` holds the observations to act on next (a new episode's
         first where one ended).
         """
         try:  # a try costs nothing on this hot path; a context manager would, every step
             raw, reward, terminated, truncated, infos = self._envs.step(actions)
         except Exception as error:  # noqa: BLE001  # the env's own code: any error
             raise self._env_error("step", error) from error
-        raw = np.array(raw)  # the vector env's own array: the next step overwrites it
+        raw = _copied(raw)
         self.steps += self.step_size
         done = terminated | truncated
-        extras = self._final_info(infos, done) if done.any() else None
-        self._episodes.update(reward, done, self.steps, extras)
-        if done.any():
-            real_next = raw.copy()
-            for i in np.flatnonzero(done):
-                real_next[i] = infos["final_obs"][i]
-            next_obs = obs_to_tensor(real_next, self._space, self._device)
-            self.obs = obs_to_tensor(raw, self._space, self._device)
+        if self._games:
+            self._update_games(infos, done)
         else:
-            next_obs = self.obs = obs_to_tensor(raw, self._space, self._device)
+            extras = self._final_info(infos, done) if done.any() else None
+            self._episodes.update(reward, done, self.steps, extras)
+        to_tensor, device = self._layout.to_tensor, self._device
+        if self.reward_norm is not None:
+            reward = self.reward_norm(reward, done, self._merge)
+        if done.any():
+            real_next = to_tensor(_with_final(raw, infos["final_obs"], done), device)
+            self.obs = self._normalized(to_tensor(raw, device), True)
+            next_obs = self._normalized(real_next, False)
+        else:
+            next_obs = self.obs = self._normalized(to_tensor(raw, device), True)
         return next_obs, reward, terminated, truncated
+
+
+def _copied(raw: Any) -> Any:
+    """A vector env's observations copied (the next step overwrites its own arrays)."""
+    if isinstance(raw, Mapping):
+        return {key: np.array(value) for key, value in raw.items()}
+    return np.array(raw)
+
+
+def _with_final(raw: Any, final_obs: Any, done: np.ndarray) -> Any:
+    """``raw`` with each finished sub-env's row replaced by its final observation."""
+    index = np.flatnonzero(done)
+    if isinstance(raw, Mapping):
+        real = {key: value.copy() for key, value in raw.items()}
+        for key, value in real.items():
+            for i in index:
+                value[i] = final_obs[i][key]
+        return real
+    real_next = raw.copy()
+    for i in index:
+        real_next[i] = final_obs[i]
+    return real_next
 
 
 # -- spaces ------------------------------------------------------------------------------
 
 
 def obs_dim(space: gym.Space[Any]) -> int:
-    """Flat size of a Box or Discrete observation space.
+    """Flat size of a vector observation space (Box, Discrete one-hot, a Dict of them).
 
     Raises:
-        ValueError: any other space.
+        ValueError: images (a CNN reads them: see :mod:`~rl_training.trainers.observations`)
+            or a space rl-training does not read.
     """
-    if isinstance(space, gym.spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, gym.spaces.Discrete):
-        return int(space.n)
-    raise ValueError(f"observation space {space} is not supported (Box or Discrete)")
-
-
-def obs_to_tensor(obs: np.ndarray, space: gym.Space[Any], device: torch.device) -> torch.Tensor:
-    """A float32 batch on ``device``: Box flattened, Discrete one-hot."""
-    if isinstance(space, gym.spaces.Discrete):
-        index = torch.as_tensor(np.asarray(obs) - space.start, device=device, dtype=torch.long)
-        return nn.functional.one_hot(index, int(space.n)).to(torch.float32)
-    array = np.asarray(obs, dtype=np.float32)
-    if array.ndim != 2:
-        array = array.reshape(array.shape[0], -1)
-    return torch.from_numpy(array).to(device, non_blocking=True)
+    found = layout(space)
+    if found.kind != "flat":
+        raise ValueError(f"observation space {space} is not a vector space")
+    return found.size
 
 
 def box_space(space: gym.Space[Any]) -> gym.spaces.Box:

@@ -23,6 +23,7 @@ from rl_training.experiment.logging import Logger
 from rl_training.registry import get_spec
 from rl_training.runtime.context import RunFiles
 from rl_training.runtime.device import resolve_device
+from rl_training.runtime.environments import make_env, register_atari
 from rl_training.runtime.plan import Plan
 from rl_training.trainers.checkpoint import (
     SavedModel,
@@ -30,6 +31,7 @@ from rl_training.trainers.checkpoint import (
     load_model,
     save_model,
 )
+from rl_training.trainers.normalize import ObsNormalizer
 from rl_training.trainers.session import Policy, Trainer, TrainerClass, saved_modules, trainer_class
 
 Which = Literal["final", "best", "checkpoint"]
@@ -94,21 +96,50 @@ class TrainedPolicy:
             deterministic: The policy's mode (argmax, or the mean action); ``False``
                 samples (from a generator seeded 0 when the policy was loaded).
 
+        A Dict space's observations are dicts of arrays (a batch: each entry with a
+        leading axis); images are the ``uint8`` arrays the env gives (with
+        ``normalize_obs``, the raw ones: the saved statistics are applied here).
+
         Raises:
             ValueError: ``obs`` has neither the observation's shape nor a batch of it.
         """
-        array = np.asarray(obs)
-        shape = tuple(self.observation_space.shape or ())
-        single = array.shape == shape
-        batch = array[None] if single else array
-        if batch.shape[1:] != shape:
-            raise ConfigError(
-                f"obs: shape {array.shape} is neither an observation {shape} nor a batch "
-                f"(n, {', '.join(map(str, shape))}) of {self.env_id}'s observation space"
-            )
+        space = self.observation_space
+        batch: Any
+        if isinstance(space, gym.spaces.Dict):
+            single, batch = self._dict_batch(obs, space)
+        else:
+            array = np.asarray(obs)
+            shape = tuple(space.shape or ())
+            single = array.shape == shape
+            batch = array[None] if single else array
+            if batch.shape[1:] != shape:
+                raise ConfigError(
+                    f"obs: shape {array.shape} is neither an observation {shape} nor a batch "
+                    f"(n, {', '.join(map(str, shape))}) of {self.env_id}'s observation space"
+                )
         with torch.inference_mode():
             actions = self._act(batch, deterministic, self._generator)
         return actions[0] if single else actions
+
+    def _dict_batch(self, obs: Any, space: gym.spaces.Dict) -> tuple[bool, dict[str, Any]]:
+        """``(single, batch)`` of a Dict observation (or batch of them)."""
+        keys = list(space.spaces)
+        if not isinstance(obs, Mapping) or sorted(obs) != sorted(keys):
+            found = sorted(obs) if isinstance(obs, Mapping) else type(obs).__name__
+            raise ConfigError(
+                f"obs: {found} is not a dict of {keys} ({self.env_id}'s observation space)"
+            )
+        arrays = {key: np.asarray(obs[key]) for key in keys}
+        shapes = {key: tuple(sub.shape or ()) for key, sub in space.spaces.items()}
+        single = all(arrays[key].shape == shapes[key] for key in keys)
+        batch = {key: value[None] for key, value in arrays.items()} if single else arrays
+        sizes = {len(value) if value.ndim else -1 for value in batch.values()}
+        if len(sizes) != 1 or any(batch[key].shape[1:] != shapes[key] for key in keys):
+            raise ConfigError(
+                f"obs: shapes { {k: v.shape for k, v in arrays.items()} } are neither an "
+                f"observation {shapes} nor a batch of one of {self.env_id}'s observation space"
+            )
+        return single, batch
 
 
 def load_policy(
@@ -141,8 +172,7 @@ def load_policy(
     else:
         saved = load_model(path)
         cls = trainer_class(get_spec(saved.algo))
-    act = cls.load_policy(saved, saved.observation_space, saved.action_space, resolved)
-    return TrainedPolicy(act, saved, resolved, seed)
+    return TrainedPolicy(saved_policy(cls, saved, resolved), saved, resolved, seed)
 
 
 def evaluate(
@@ -177,7 +207,7 @@ def evaluate(
 def make_eval_envs(env_id: str, n: int) -> gym.vector.SyncVectorEnv:
     """``n`` copies of ``env_id``, one evaluation episode each."""
     return gym.vector.SyncVectorEnv(
-        [lambda: gym.make(env_id) for _ in range(n)],
+        [lambda: make_env(env_id, training=False) for _ in range(n)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
 
@@ -198,7 +228,9 @@ def run_episodes(
     running = np.ones(n, dtype=bool)
     while running.any():
         with torch.inference_mode():
-            actions = act(np.asarray(obs), deterministic, generator)
+            actions = act(
+                obs if isinstance(obs, Mapping) else np.asarray(obs), deterministic, generator
+            )
         obs, rewards, terminated, truncated, _ = envs.step(actions)
         returns += np.where(running, rewards, 0.0)
         lengths += running
@@ -283,11 +315,22 @@ def current_saved(plan: Plan, trainer: Trainer) -> SavedModel:
 def current_policy(plan: Plan, trainer_cls: TrainerClass, trainer: Trainer) -> Policy:
     """The policy of the trainer's current weights, copied to the CPU (training's
     state and randomness are untouched)."""
-    act: Policy = trainer_cls.load_policy(
-        current_saved(plan, trainer), plan.observation_space, plan.action_space,
-        torch.device("cpu"),
-    )  # fmt: skip
-    return act
+    return saved_policy(trainer_cls, current_saved(plan, trainer), torch.device("cpu"))
+
+
+def saved_policy(cls: TrainerClass, saved: SavedModel, device: torch.device) -> Policy:
+    """The policy of a saved model on ``device``, acting on the env's raw observations
+    (with ``normalize_obs``, its saved statistics normalise them first, frozen)."""
+    act: Policy = cls.load_policy(saved, saved.observation_space, saved.action_space, device)
+    state = saved.state_dicts.get("obs_norm")
+    if state is None:
+        return act
+    normalizer = ObsNormalizer.from_state(state)
+
+    def normalized(obs: Any, deterministic: bool, generator: torch.Generator) -> np.ndarray:
+        return act(normalizer.numpy(obs), deterministic, generator)
+
+    return normalized
 
 
 def registered_env_id(env_id: str) -> str:
@@ -302,6 +345,7 @@ def registered_env_id(env_id: str) -> str:
     """
     module, sep, name = env_id.rpartition(":")
     bare = name if sep else env_id
+    register_atari(bare)  # ale-py's games: rl-training's own dependency, not the run's
     if bare in gym.envs.registry:
         return bare
     hint = (

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl_training.trainers.envs import obs_dim
+from rl_training.trainers.observations import layout
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -418,7 +418,12 @@ class ActorCritic(nn.Module):
     ) -> None:
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        n_in = obs_dim(observation_space)
+        found = layout(observation_space)
+        #: The observation's encoder, shared by actor and critic (SB3's shared features
+        #: extractor): a Nature CNN for images, the identity for vectors.
+        self.features = found.encoder(orthogonal=True)
+        self.encoded = found.has_images
+        n_in = self.features.out_dim
         if isinstance(action_space, gym.spaces.Discrete):
             n_out = int(action_space.n)
             self.action_shape: tuple[int, ...] = ()
@@ -433,16 +438,21 @@ class ActorCritic(nn.Module):
         self.actor = mlp(n_in, net_arch, n_out, out_gain=0.01)
         self.critic = mlp(n_in, net_arch, 1, out_gain=1.0)
 
+    def encode(self, obs: torch.Tensor) -> torch.Tensor:
+        """The features actor and critic read (the observation itself for vectors)."""
+        return self.features(obs) if self.encoded else obs
+
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         """V(obs), shape ``(batch,)``."""
-        value: torch.Tensor = self.critic(obs)
+        value: torch.Tensor = self.critic(self.encode(obs))
         return value.squeeze(-1)
 
     def act(
         self, obs: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample actions; return ``(action, log_prob, value)``."""
-        return self._sample(self.actor(obs), self.value(obs), generator)
+        x = self.encode(obs)
+        return self._sample(self.actor(x), self.critic(x).squeeze(-1), generator)
 
     def rollout_act(self) -> Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, ...]]:
         """:meth:`act` for a rollout, with actor and critic fused into one network.
@@ -462,10 +472,10 @@ class ActorCritic(nn.Module):
                 weights.append((w, torch.cat([a.bias, c.bias])))
         *hidden, (w_out, b_out) = weights
         n_actor = self.actor.linears[-1].out_features
-        linear, sample = nn.functional.linear, self._sample
+        linear, sample, encode = nn.functional.linear, self._sample, self.encode
 
         def act(obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            x = obs
+            x = encode(obs)
             for w, b in hidden:
                 x = torch.tanh(linear(x, w, b))
             out = linear(x, w_out, b_out)
@@ -491,22 +501,24 @@ class ActorCritic(nn.Module):
         self, obs: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(log_prob, entropy, value)`` of ``actions`` under the current policy."""
-        out = self.actor(obs)
+        x = self.encode(obs)
+        out = self.actor(x)
+        value = self.critic(x).squeeze(-1)
         if self.discrete:
             log_probs = torch.log_softmax(out, dim=-1)
             log_prob = log_probs.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1)
-            return log_prob, entropy, self.value(obs)
+            return log_prob, entropy, value
         actions = actions.reshape(out.shape)
         log_std = self.log_std
         z = (actions - out) * torch.exp(-log_std)
         log_prob = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(-1)
         entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum().expand(out.shape[0])
-        return log_prob, entropy, self.value(obs)
+        return log_prob, entropy, value
 
     def deterministic_action(self, obs: torch.Tensor) -> torch.Tensor:
         """The mode of the policy: argmax for Discrete, the mean for Box."""
-        out: torch.Tensor = self.actor(obs)
+        out: torch.Tensor = self.actor(self.encode(obs))
         if self.discrete:
             return out.argmax(-1)
         return out.reshape(-1, *self.action_shape)

@@ -12,8 +12,8 @@ import torch
 from rl_training.hyperparams import _OnPolicy
 from rl_training.trainers.buffers import RolloutBuffer
 from rl_training.trainers.checkpoint import SavedModel
-from rl_training.trainers.envs import obs_dim, obs_to_tensor
 from rl_training.trainers.networks import ActorCritic
+from rl_training.trainers.observations import layout, obs_to_tensor
 from rl_training.trainers.session import Policy, Session
 
 
@@ -38,9 +38,11 @@ def actor_critic_and_buffer(session: Session[Any]) -> tuple[ActorCritic, Rollout
     """The actor-critic for the session's spaces, and a rollout buffer of ``n_steps``."""
     hp, device = session.hp, session.device
     obs_space = session.plan.observation_space
-    agent = ActorCritic(obs_space, session.plan.action_space, hp.net_arch).to(device)
+    agent = ActorCritic(obs_space, session.plan.action_space, hp.net_arch, hp.log_std_init).to(
+        device
+    )
     buffer = RolloutBuffer(
-        hp.n_steps, hp.num_envs, obs_dim(obs_space), agent.action_shape, agent.discrete, device
+        hp.n_steps, hp.num_envs, layout(obs_space), agent.action_shape, agent.discrete, device
     )
     return agent, buffer
 

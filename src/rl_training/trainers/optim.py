@@ -111,6 +111,10 @@ class FlatOptimizer:
         """Set the learning rate."""
         self.lr = lr
 
+    def zero_grad(self) -> None:
+        """Zero the gradients (before a ``backward`` that :meth:`apply_gradient` applies)."""
+        self._grad.zero_()
+
     def step(self, loss: torch.Tensor, max_grad_norm: float | None = None) -> None:
         """Zero the gradients, backpropagate ``loss``, average it over the replicas,
         clip the global norm, update the parameters."""

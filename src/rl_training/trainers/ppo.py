@@ -64,7 +64,7 @@ class PPOTrainer:
 
         # Optimise: n_epochs passes over the rollout in shuffled minibatches
         buffer, batch = self.buffer, length * hp.num_envs
-        b_obs = buffer.obs[:length].reshape(batch, -1)
+        b_obs = buffer.obs[:length].flatten(0, 1)
         b_actions = buffer.actions[:length].reshape(batch, *agent.action_shape)
         b_logp = buffer.log_probs[:length].reshape(batch)
         b_values = buffer.values[:length].reshape(batch)

@@ -35,8 +35,9 @@ from rl_training.trainers.envs import EnvStepper, EpisodeTracker, make_vec_env
 
 H = TypeVar("H", bound=Hyperparams)
 
-Policy = Callable[[np.ndarray, bool, torch.Generator], np.ndarray]
-"""``policy(obs_batch, deterministic, generator) -> env actions`` for evaluation."""
+Policy = Callable[[Any, bool, torch.Generator], np.ndarray]
+"""``policy(obs_batch, deterministic, generator) -> env actions`` for evaluation (a
+Dict space's batch: a dict of arrays)."""
 
 
 class SpsTimer:
@@ -143,6 +144,12 @@ class Session(Generic[H]):
         episodes = EpisodeTracker(hp.num_envs, logger, deferred=world.distributed,
                                   info_keys=config.info_keys)  # fmt: skip
         timer = SpsTimer()
+        replicas = Replicas(world, plan.device) if world.distributed else None
+        stepper = EnvStepper(
+            envs, episodes, plan.device, seed, replicas=world.size, env_id=config.env_id,
+            normalize_obs=hp.normalize_obs, normalize_reward=hp.normalize_reward,
+            gamma=hp.gamma, merge=replicas.sum_ if replicas is not None else None,
+        )  # fmt: skip
         return Session[Any](
             plan=plan,
             hp=hp,
@@ -150,12 +157,10 @@ class Session(Generic[H]):
             envs=envs,
             generator=generator,
             episodes=episodes,
-            stepper=EnvStepper(
-                envs, episodes, plan.device, seed, replicas=world.size, env_id=config.env_id
-            ),  # fmt: skip
+            stepper=stepper,
             timer=timer,
             log=PeriodicLog(logger, timer, hp.log_interval, config.total_timesteps),
-            replicas=Replicas(world, plan.device) if world.distributed else None,
+            replicas=replicas,
         )
 
     @property
@@ -227,12 +232,18 @@ class Session(Generic[H]):
 
     def state_dict(self) -> dict[str, Any]:
         """Step and episode counters, the generator and the logging cadence."""
-        return {
+        state = {
             "steps": self.stepper.steps,
             "episodes": self.episodes.state_dict(),
             "generator": self.generator.get_state(),
             "log": self.log.state_dict(),
         }
+        stepper = self.stepper
+        if stepper.obs_norm is not None:
+            state["obs_norm"] = {k: v.clone() for k, v in stepper.obs_norm.state_dict().items()}
+        if stepper.reward_norm is not None:
+            state["reward_norm"] = stepper.reward_norm.state_dict()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` (the environments keep their own state).
@@ -247,6 +258,13 @@ class Session(Generic[H]):
             self.generator.manual_seed(resume_seed(self.seed, self.stepper.steps))
         self.log.load_state_dict(state["log"])
         self._exchanged_at = self.stepper.vector_steps
+        stepper = self.stepper
+        if stepper.obs_norm is not None:
+            stepper.obs_norm.load_state_dict(state["obs_norm"])
+            if stepper.raw_obs is not None:
+                stepper.obs = stepper.obs_norm(stepper.raw_obs)
+        if stepper.reward_norm is not None:
+            stepper.reward_norm.load_state_dict(state["reward_norm"])
 
     def close(self) -> None:
         """Close the environments."""
@@ -301,8 +319,14 @@ class TrainerClass(Protocol):
 
 
 def saved_modules(trainer: Trainer) -> dict[str, nn.Module]:
-    """The trainer's modules that a model file holds, by name."""
-    return {name: getattr(trainer, name) for name in trainer.SAVED_MODULES}
+    """The trainer's modules that a model file holds, by name (with ``normalize_obs``,
+    the observation statistics as ``"obs_norm"``)."""
+    modules = {name: getattr(trainer, name) for name in trainer.SAVED_MODULES}
+    session = getattr(trainer, "session", None)
+    obs_norm = session.stepper.obs_norm if isinstance(session, Session) else None
+    if obs_norm is not None:
+        modules["obs_norm"] = obs_norm
+    return modules
 
 
 def trainer_class(spec: AlgorithmSpec) -> TrainerClass:

@@ -26,8 +26,9 @@ from torch import nn
 from rl_training.hyperparams import TD3Hyperparams
 from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.checkpoint import SavedModel
-from rl_training.trainers.envs import box_space, obs_dim, obs_to_tensor, scale_action
+from rl_training.trainers.envs import box_space, obs_dim, scale_action
 from rl_training.trainers.networks import TwinCritic, mlp
+from rl_training.trainers.observations import obs_to_tensor
 from rl_training.trainers.optim import FlatOptimizer, flatten_parameters, soft_update
 from rl_training.trainers.session import Policy, Session, load_state, state_of
 

@@ -47,9 +47,11 @@ from rl_training.experiment.media import (
     gif_frame,
     normalize_media,
 )
+from rl_training.runtime.environments import is_atari, make_env
 from rl_training.runtime.plan import Plan
 from rl_training.trainers.checkpoint import SavedModel
-from rl_training.trainers.evaluation import current_saved
+from rl_training.trainers.evaluation import current_saved, saved_policy
+from rl_training.trainers.observations import batch_of_one
 from rl_training.trainers.session import Policy, Trainer, TrainerClass
 
 VIDEO_SEED_OFFSET = 2_000_003
@@ -74,11 +76,15 @@ class PeriodicVideo:
     ) -> None:
         self._plan, self._trainer, self._logger = plan, trainer, logger
         self._trainer_cls = trainer_cls
-        with gym.make(plan.config.env_id, render_mode="rgb_array") as probe:
-            env_spec = probe.spec  # the registered env, made by name where it is recorded
+        env_id = plan.config.env_id
+        with make_env(env_id, render_mode="rgb_array", training=False) as probe:
+            # the registered env, made by name where it is recorded (an Atari game: by
+            # its id, with the preprocessing)
+            env_spec = probe.unwrapped.spec if is_atari(env_id) else probe.spec
             self._fps = float(probe.metadata.get("render_fps") or 30)
         self._seed = plan.config.seed + VIDEO_SEED_OFFSET
-        setup = {"env": env_spec, "trainer": plan.spec.trainer,
+        setup = {"env": env_spec, "atari": env_id if is_atari(env_id) else None,
+                 "trainer": plan.spec.trainer,
                  "length": plan.config.video_length, "seed": self._seed,
                  "fps": self._fps}  # fmt: skip
         self._pending: list[tuple[int, Future[Video]]] = []
@@ -150,7 +156,7 @@ def record_episode(
                     image.cancel()
                 raise CancelledError
             with torch.inference_mode():
-                action = act(np.asarray(obs)[None], True, generator)[0]
+                action = act(batch_of_one(obs), True, generator)[0]
             obs, _, terminated, truncated, _ = env.step(action)
             frame = _frame(env.render(), fps)
             if frame.shape != first.shape:
@@ -198,12 +204,19 @@ class _Recorder:
         raise NotImplementedError
 
 
+def _make(setup: dict[str, Any]) -> gym.Env:
+    """The env a recorder plays, rendering ``rgb_array`` frames."""
+    if setup.get("atari"):
+        return make_env(setup["atari"], render_mode="rgb_array", training=False)
+    return gym.make(setup["env"], render_mode="rgb_array")
+
+
 class _ThreadRecorder(_Recorder):
     """Records on a thread of this process (an env or trainer a child cannot import)."""
 
     def __init__(self, setup: dict[str, Any], trainer_cls: TrainerClass) -> None:
         self._setup, self._trainer_cls = setup, trainer_cls
-        self._env = gym.make(setup["env"], render_mode="rgb_array")
+        self._env = _make(setup)
         self._generator = torch.Generator().manual_seed(setup["seed"])
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rl-training video")
         self._stop = threading.Event()
@@ -314,10 +327,7 @@ class _ProcessRecorder(_Recorder):
 
 
 def _policy(trainer_cls: TrainerClass, saved: SavedModel) -> Policy:
-    act: Policy = trainer_cls.load_policy(
-        saved, saved.observation_space, saved.action_space, torch.device("cpu")
-    )
-    return act
+    return saved_policy(trainer_cls, saved, torch.device("cpu"))
 
 
 def _write(stream: IO[bytes], value: Any) -> None:
@@ -354,7 +364,7 @@ def _child() -> None:
     torch.set_num_threads(1)
     module_name, _, class_name = setup["trainer"].partition(":")
     trainer_cls: TrainerClass = getattr(importlib.import_module(module_name), class_name)
-    env = gym.make(setup["env"], render_mode="rgb_array")
+    env = _make(setup)
     generator = torch.Generator().manual_seed(setup["seed"])
     while (saved := _read(stdin)) is not None:
         try:

@@ -1,0 +1,119 @@
+"""Atari games through rl-training[atari]: ids as they are, the standard preprocessing,
+game scores, tiny real runs, evaluation, videos and the replay-memory refusal."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rl_training import train
+from rl_training.runtime.environments import GAME_LENGTH, GAME_RETURN, make_env
+from rl_training.runtime.plan import resolve_plan
+from rl_training.testing import read_jsonl, strict_json_loads, tiny_config
+from rl_training.trainers import evaluate, load_policy
+
+pytest.importorskip("ale_py", reason="the atari extra: pip install 'rl-training[atari]'")
+
+FRAMES = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+
+
+@pytest.mark.parametrize("env_id", ["ALE/Pong-v5", "BreakoutNoFrameskip-v4"])
+def test_atari_ids_work_as_they_are_with_the_preprocessed_space(env_id):
+    plan = resolve_plan(tiny_config(env_id=env_id))
+    assert plan.observation_space == FRAMES
+    assert isinstance(plan.action_space, gym.spaces.Discrete)
+
+
+def test_a_lost_life_ends_a_training_episode_not_the_game():
+    """Training: an episode per life, clipped rewards, the game's own score and length
+    in the info of the step that ends it; evaluation: the whole game, raw rewards."""
+    env = make_env("BreakoutNoFrameskip-v4")
+    env.action_space.seed(0)
+    env.reset(seed=0)
+    lives_ended, games, clipped, steps = 0, [], 0.0, 0
+    while len(games) < 2:
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+        assert reward in (0.0, 1.0)  # Breakout's 1, 4 and 7 points, clipped
+        clipped += float(reward)
+        steps += 1
+        if terminated or truncated:
+            lives_ended += 1
+            if GAME_RETURN in info:
+                games.append((info[GAME_RETURN], info[GAME_LENGTH], clipped, steps, lives_ended))
+                clipped, steps, lives_ended = 0.0, 0, 0
+            env.reset()
+    for score, length, clipped_sum, agent_steps, episodes in games:
+        assert episodes == 5  # Breakout's five lives
+        assert score >= clipped_sum and length >= agent_steps > 0
+    evaluation = make_env("BreakoutNoFrameskip-v4", training=False)
+    evaluation.reset(seed=0)
+    ended = False
+    for _ in range(5000):
+        _, reward, terminated, truncated, info = evaluation.step(3)  # LEFT: loses every ball
+        assert GAME_RETURN not in info
+        if terminated or truncated:
+            ended = True
+            break
+    assert ended and evaluation.unwrapped.ale.lives() == 0  # type: ignore[attr-defined]
+
+
+def test_ppo_on_breakout_logs_game_scores_evaluates_and_films_the_real_frames(tmp_path):
+    from PIL import Image as PILImage
+
+    result = train(tiny_config(
+        env_id="BreakoutNoFrameskip-v4", total_timesteps=768, output_dir=tmp_path,
+        hyperparams={"num_envs": 2, "n_steps": 64, "batch_size": 64, "n_epochs": 1,
+                     "net_arch": []},
+        video_every=768, video_length=12, eval_every=768, eval_episodes=1,
+    ))  # fmt: skip
+    rows = read_jsonl(result.run_dir / "metrics.jsonl")
+    games = [row for row in rows if "episode/return" in row]
+    assert games, "no game ended in 768 steps of random Breakout"
+    # whole games: a random agent's game lasts five lives (well over 100 steps)
+    assert all(row["episode/length"] > 100 for row in games)
+    assert any(row.get("eval/mean_return") is not None for row in rows)
+    media = [strict_json_loads(x) for x in (result.run_dir / "media.jsonl").read_text().split()]
+    gif = PILImage.open(io.BytesIO((result.run_dir / media[0]["path"]).read_bytes()))
+    assert gif.size == (160, 210)  # the game's own frames, not the 84x84 input
+    policy = load_policy(result.run_dir)
+    obs, _ = make_env("BreakoutNoFrameskip-v4", training=False).reset(seed=1)
+    assert policy.predict(obs) in range(4)
+    assert policy.predict(np.stack([obs, obs])).shape == (2,)
+    assert evaluate(result.run_dir, n_episodes=1).lengths[0] > 0
+
+
+def test_dqn_on_pong_keeps_each_frame_stack_once_as_uint8(tmp_path):
+    result = train(tiny_config(
+        algo="dqn", env_id="ALE/Pong-v5", total_timesteps=200, output_dir=tmp_path,
+        hyperparams={"learning_starts": 100, "batch_size": 8, "buffer_size": 1000},
+    ))  # fmt: skip
+    checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+    buffer = checkpoint["trainer"]["buffer"]
+    assert buffer["obs"].dtype == torch.uint8 and buffer["obs"].shape == (200, 4, 84, 84)
+    assert "next_obs" not in buffer
+
+
+def test_a_replay_buffer_too_large_for_memory_is_one_line_and_no_run(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rl_training", "--algo", "dqn", "--env-id", "ALE/Pong-v5",
+         "--total-timesteps", "1000", "--output-dir", str(tmp_path / "runs"),
+         "--hp", "buffer_size=100000000"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "A.L.E" not in line
+             and "Powered by Stella" not in line]  # fmt: skip
+    assert len(lines) == 1 and "buffer_size" in lines[0], proc.stderr
+    assert "4x84x84 uint8" in lines[0] and "the largest buffer_size that fits is" in lines[0]
+    assert not (tmp_path / "runs").exists()
+    json.dumps(lines)  # plain text
