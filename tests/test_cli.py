@@ -252,3 +252,41 @@ def test_progress_lines_when_not_a_terminal(tmp_path):
     assert last == (
         "steps 400/1000 (40%) | 400 steps/s | 2 episodes, mean return 15.00 | time left 2s"
     )
+
+
+def test_a_preset_fills_the_hyperparameters_under_hp():
+    """--preset atari is rl-zoo's values; --hp overrides one of them."""
+    from rl_training.cli import build_parser, config_from_args
+    from rl_training.presets import PRESETS
+
+    args = build_parser().parse_args(["--algo", "ppo", "--env-id", "ALE/Breakout-v5",
+                                      "--total-timesteps", "1000", "--preset", "atari",
+                                      "--hp", "num_envs=2"])  # fmt: skip
+    config = config_from_args(args)
+    hp = config.algo_hyperparams()
+    assert hp.num_envs == 2 and hp.n_steps == 128 and hp.batch_size == 256
+    assert hp.net_arch == () and hp.ent_coef == 0.01 and hp.clip_range == 0.1
+    for name, preset in PRESETS.items():  # every preset value is a valid hyperparameter
+        for algo, values in preset.items():
+            TrainConfig(algo=algo, env_id="CartPole-v1", seed=0, total_timesteps=100,
+                        hyperparams=values).algo_hyperparams()  # fmt: skip
+            assert name in ("atari", "mujoco")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--algo", "ppo", "--preset", "minecraft"], "'minecraft' is not one of 'atari', 'mujoco'"),
+        (["--algo", "sac", "--preset", "atari"], "has no values for algo 'sac'"),
+    ],
+)
+def test_a_bad_preset_is_one_line_and_no_run(tmp_path, argv, fragment):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rl_training", *argv, "--env-id", "CartPole-v1", "--seed", "0",
+         "--total-timesteps", "100",
+         "--output-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "runs").exists()

@@ -12,7 +12,7 @@ import rl_training
 PACKAGE = Path(rl_training.__file__).parent
 
 LAYERS = (
-    ("errors", "hyperparams", "registry", "config"),  # what a run is
+    ("errors", "hyperparams", "presets", "registry", "config"),  # what a run is
     ("runtime",),  # where it runs: files, devices, processes, signals, seeds
     ("experiment", "hookspecs", "plugins"),  # logging, sinks, run setup
     ("trainers",),  # the algorithms and the run lifecycle

@@ -26,6 +26,7 @@ from rl_training import hyperparams as hp_module
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError, EnvError, NonFiniteError
 from rl_training.experiment.run import SinkCreationError
+from rl_training.presets import preset_hyperparams
 from rl_training.registry import ALGOS, get_spec
 from rl_training.runtime.distributed import OtherRankFailed, World, check_supported, launch_world
 from rl_training.runtime.signals import Terminated, graceful_stop, ignore_stop_signals
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="hyperparameter override, typed by its default (repeatable)",
+    )
+    parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="rl-zoo's hyperparameters for a family of envs, under --hp: "
+        "atari (ppo, a2c, dqn) or mujoco (ppo, sac, td3)",
     )
     parser.add_argument(
         "--resume",
@@ -295,7 +302,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     missing = ["--" + name.replace("_", "-") for name in required if name not in values]
     if missing:
         raise ConfigError(f"missing {', '.join(missing)} (see rl-train --help)")
-    return TrainConfig(**values, hyperparams=parse_hyperparams(args.algo, args.hp))
+    hyperparams = preset_hyperparams(args.preset, args.algo) if args.preset else {}
+    hyperparams.update(parse_hyperparams(args.algo, args.hp))
+    return TrainConfig(**values, hyperparams=hyperparams)
 
 
 def parse_hyperparams(algo: str, pairs: Sequence[str]) -> dict[str, Any]:
@@ -431,6 +440,7 @@ def _resume(args: argparse.Namespace) -> int:
     fixed = [f"--{name.replace('_', '-')}" for name in given_config_fields(args)
              if name not in RESUMABLE_FIELDS]  # fmt: skip
     fixed += ["--run-suffix"] * bool(args.run_suffix) + ["--hp"] * bool(args.hp)
+    fixed += ["--preset"] * bool(args.preset)
     if fixed:
         raise ConfigError(
             f"--resume continues a run as it was configured; {', '.join(fixed)} "
