@@ -43,6 +43,7 @@ from rl_training.runtime.seeding import resume_seed
 from rl_training.runtime.signals import interrupt_for, requested_stop
 from rl_training.trainers.checkpoint import Checkpoint, Checkpointer
 from rl_training.trainers.evaluation import PeriodicEvaluator
+from rl_training.trainers.observations import layout
 from rl_training.trainers.session import Session, Trainer, run_loop, saved_modules, trainer_class
 from rl_training.trainers.video import PeriodicVideo
 
@@ -311,7 +312,9 @@ def fit(run: TrainingRun, checkpoint: Checkpoint | None = None) -> TrainResult:
     plan = _plan_of(run)
     trainer_cls = trainer_class(plan.spec)
     start = time.perf_counter()
-    with _cpu_threads(plan.device, trainer_cls.CPU_THREADS), _session(plan, run) as session:
+    # a CNN's convolutions gain from every core, whatever the trainer's MLPs prefer
+    threads = None if layout(plan.observation_space).has_images else trainer_cls.CPU_THREADS
+    with _cpu_threads(plan.device, threads), _session(plan, run) as session:
         first_step = session.steps
         evaluator: PeriodicEvaluator | None = None
         video: PeriodicVideo | None = None

@@ -178,7 +178,9 @@ class NatureCNN(Encoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
+            x = x.permute(0, 3, 1, 2)  # (N, C, H, W) shape, channels-last strides
+        else:  # channels-last strides: oneDNN's convolutions are ~1.5x faster on them
+            x = x.contiguous(memory_format=torch.channels_last)
         x = x.to(torch.float32).div_(255.0)
         out: torch.Tensor = torch.relu(self.linear(self.cnn(x)))
         return out

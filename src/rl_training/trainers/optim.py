@@ -22,14 +22,18 @@ def flatten_parameters(modules: Sequence[nn.Module], *, with_grad: bool = True) 
     network instead of one per parameter tensor. Autograd accumulates into the
     existing ``.grad`` views: zero them in place, never set them to ``None``.
 
+    Convolution weights (4-D) are laid out channels last, as their gradients: oneDNN's
+    convolutions take and give that layout ~1.5x faster on the CPU (README,
+    "Performance notes").
+
     Call it after the modules are on their device: moving them would break the views.
     """
     params = [p for module in modules for p in module.parameters()]
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat = nn.Parameter(torch.cat([_in_layout(p.detach()).reshape(-1) for p in params]))
     offset = 0
     for p in params:
         n = p.numel()
-        p.data = flat.data[offset : offset + n].view_as(p)
+        p.data = _view(flat.data, offset, p)
         offset += n
     if with_grad:
         attach_gradient(modules, flat, torch.zeros_like(flat))
@@ -43,8 +47,22 @@ def attach_gradient(modules: Sequence[nn.Module], flat: nn.Parameter, grad: torc
     offset = 0
     for p in (p for module in modules for p in module.parameters()):
         n = p.numel()
-        p.grad = grad[offset : offset + n].view_as(p)
+        p.grad = _view(grad, offset, p)
         offset += n
+
+
+def _in_layout(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with its elements in the flat buffer's order (4-D: channels last)."""
+    return tensor.permute(0, 2, 3, 1) if tensor.dim() == 4 else tensor
+
+
+def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """The view of ``flat`` from ``offset`` shaped as ``like`` (4-D: channels-last strides)."""
+    part = flat[offset : offset + like.numel()]
+    if like.dim() == 4:
+        out, channels, height, width = like.shape
+        return part.view(out, height, width, channels).permute(0, 3, 1, 2)
+    return part.view_as(like)
 
 
 ADAM_BETAS = (0.9, 0.999)
