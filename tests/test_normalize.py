@@ -96,3 +96,18 @@ def test_normalize_obs_refuses_images_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"hyperparams\['normalize_obs'\].*vector Box") as e:
         train(config)
     assert "\n" not in str(e.value) and not (tmp_path / "runs").exists()
+
+
+def test_hopper_with_the_mujoco_preset_trains_and_evaluates_normalised(tmp_path):
+    """A MuJoCo task through rl-training[mujoco]: the preset's normalisation, a few
+    hundred steps, evaluated with the saved statistics."""
+    pytest.importorskip("mujoco", reason="the mujoco extra: pip install 'rl-training[mujoco]'")
+    from rl_training.presets import preset_hyperparams
+
+    hp = {**preset_hyperparams("mujoco", "ppo"), "n_steps": 128}
+    result = train(tiny_config(env_id="Hopper-v5", total_timesteps=256, output_dir=tmp_path,
+                               hyperparams=hp))  # fmt: skip
+    stats = load_model(result.run_dir / "model.pt").state_dicts["obs_norm"]
+    assert stats["mean"].shape == (11,) and stats["count"].item() == pytest.approx(257 + 1e-4)
+    evaluation = evaluate(result.run_dir, n_episodes=2)
+    assert all(length > 0 for length in evaluation.lengths)

@@ -19,7 +19,6 @@ anything is loaded.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -98,8 +97,12 @@ def _vector_size(space: gym.Space[Any]) -> int:
     return math.prod(_shape(space))
 
 
-@functools.cache
-def _layout_of(space: gym.Space[Any]) -> ObsLayout:
+def layout(space: gym.Space[Any]) -> ObsLayout:
+    """The :class:`ObsLayout` of ``space``.
+
+    Raises:
+        ValueError: a space other than Box, Discrete or a Dict of them.
+    """
     if isinstance(space, gym.spaces.Dict):
         entries, vector_bytes, images = [], 0, []
         for key, sub in space.spaces.items():
@@ -130,18 +133,6 @@ def _layout_of(space: gym.Space[Any]) -> ObsLayout:
     if isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
         return ObsLayout(space, "flat", (_vector_size(space),), "float32")
     raise ConfigError(f"observation space {space} is not supported ({SUPPORTED})")
-
-
-def layout(space: gym.Space[Any]) -> ObsLayout:
-    """The :class:`ObsLayout` of ``space`` (made once per space).
-
-    Raises:
-        ValueError: a space other than Box, Discrete or a Dict of them.
-    """
-    try:
-        return _layout_of(space)
-    except TypeError:  # an unhashable space: made anew
-        return _layout_of.__wrapped__(space)
 
 
 def check_observation_space(algo: str, env_id: str, space: gym.Space[Any], *, images: bool) -> None:

@@ -143,14 +143,9 @@ class ReplayBuffer:
         discrete: bool,
         device: torch.device,
     ) -> None:
-        self.capacity = capacity
-        self.device = device
+        self._allocate(capacity, action_shape, discrete, device)
         self.obs = torch.zeros((capacity, obs_size), device=device)
         self.next_obs = torch.zeros((capacity, obs_size), device=device)
-        action_dtype = torch.long if discrete else torch.float32
-        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
-        # reward, terminated, truncated side by side: one host-to-device copy per add
-        self.scalars = torch.zeros((capacity, 3), device=device)
         # On the CPU, rows are written through numpy views of the same memory: ~1 us
         # a row each, where indexing a tensor costs ~4 us (a step adds four of them).
         self._host = (
@@ -158,6 +153,17 @@ class ReplayBuffer:
             if device.type == "cpu"
             else None
         )
+
+    def _allocate(
+        self, capacity: int, action_shape: tuple[int, ...], discrete: bool, device: torch.device
+    ) -> None:
+        """What every replay buffer holds besides observations."""
+        self.capacity = capacity
+        self.device = device
+        action_dtype = torch.long if discrete else torch.float32
+        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
+        # reward, terminated, truncated side by side: one host-to-device copy per add
+        self.scalars = torch.zeros((capacity, 3), device=device)
         self.pos = 0
         """Next row to write."""
         self.size = 0
@@ -255,9 +261,13 @@ class ReplayBuffer:
             obs=self.obs[idx],
             actions=self.actions[idx],
             rewards=scalars[..., 0],
-            next_obs=self.next_obs[idx],
+            next_obs=self._next_obs(idx),
             terminations=scalars[..., 1],
         )
+
+    def _next_obs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The next observations of the transitions at rows ``idx``."""
+        return self.next_obs[idx]
 
 
 class ImageReplayBuffer(ReplayBuffer):
@@ -288,13 +298,9 @@ class ImageReplayBuffer(ReplayBuffer):
         discrete: bool,
         device: torch.device,
     ) -> None:
-        self.capacity = capacity
-        self.device = device
+        self._allocate(capacity, action_shape, discrete, device)
         self.num_envs = num_envs
         self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=device)
-        action_dtype = torch.long if discrete else torch.float32
-        self.actions = torch.zeros((capacity, *action_shape), dtype=action_dtype, device=device)
-        self.scalars = torch.zeros((capacity, 3), device=device)
         self.finals_kept = capacity // 16 + num_envs
         """Truncated transitions whose final observations are kept at once."""
         #: Final observations (``finals_kept`` rows), then the newest rows' next ones.
@@ -307,8 +313,6 @@ class ImageReplayBuffer(ReplayBuffer):
         self.next_side = 0
         """The side row the next truncation takes."""
         self._host = None
-        self.pos = 0
-        self.size = 0
 
     def add(
         self,
@@ -387,25 +391,12 @@ class ImageReplayBuffer(ReplayBuffer):
         self.next_side = int(state["next_side"])
         self.pos, self.size = int(state["pos"]), size
 
-    def sample(
-        self, batch_size: int, generator: torch.Generator, batches: int | None = None
-    ) -> ReplayBatch:
-        """As :meth:`ReplayBuffer.sample`; the next observations are the next rows of
-        the same environment, or the side store's."""
-        shape = (batch_size,) if batches is None else (batches, batch_size)
-        idx = torch.randint(0, self.size, shape, generator=generator, device=self.device)
-        scalars = self.scalars[idx]
+    def _next_obs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The next rows of the same environment, or the side store's."""
         side = self.side_row[idx]
-        aside = (side >= 0).reshape(*shape, *([1] * (self.obs.dim() - 1)))
-        next_obs = torch.where(
+        aside = (side >= 0).reshape(*idx.shape, *([1] * (self.obs.dim() - 1)))
+        return torch.where(
             aside, self.side[side.clamp(min=0)], self.obs[(idx + self.num_envs) % self.capacity]
-        )
-        return ReplayBatch(
-            obs=self.obs[idx],
-            actions=self.actions[idx],
-            rewards=scalars[..., 0],
-            next_obs=next_obs,
-            terminations=scalars[..., 1],
         )
 
 

@@ -15,7 +15,6 @@ the space.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -81,22 +80,15 @@ def _flat(value: Any, space: gym.Space[Any]) -> np.ndarray:
     return np.ascontiguousarray(array.reshape(array.shape[0], -1), dtype=np.float32)
 
 
-@functools.cache
-def _cached(space: gym.Space[Any]) -> ObsLayout:
-    found = spaces.layout(space)
-    return ObsLayout(found.space, found.kind, found.shape, found.dtype, found.entries)
-
-
 def layout(space: gym.Space[Any]) -> ObsLayout:
-    """The :class:`ObsLayout` of ``space`` (made once per space).
+    """The :class:`ObsLayout` of ``space``, with its tensors and encoder (gymnasium's
+    spaces are not hashable: made anew each call; the hot paths keep theirs).
 
     Raises:
         ValueError: a space other than Box, Discrete or a Dict of them.
     """
-    try:
-        return _cached(space)
-    except TypeError:  # an unhashable space: made anew
-        return _cached.__wrapped__(space)
+    found = spaces.layout(space)
+    return ObsLayout(found.space, found.kind, found.shape, found.dtype, found.entries)
 
 
 def obs_to_tensor(obs: Any, space: gym.Space[Any], device: torch.device) -> torch.Tensor:
