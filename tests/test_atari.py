@@ -117,3 +117,20 @@ def test_a_replay_buffer_too_large_for_memory_is_one_line_and_no_run(tmp_path):
     assert "4x84x84 uint8" in lines[0] and "the largest buffer_size that fits is" in lines[0]
     assert not (tmp_path / "runs").exists()
     json.dumps(lines)  # plain text
+
+
+def test_an_atari_id_without_ale_py_names_the_extra_to_install(tmp_path):
+    """Where ale-py cannot be imported (here: blocked in a fresh interpreter), an ALE
+    id is one line naming rl-training[atari], and nothing is written."""
+    code = (
+        "import sys; sys.modules['ale_py'] = None\n"
+        "from rl_training.cli import main\n"
+        f"sys.exit(main(['--algo', 'ppo', '--env-id', 'ALE/Pong-v5', '--seed', '0', "
+        f"'--total-timesteps', '100', '--output-dir', {str(tmp_path / 'runs')!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "ale-py is not installed" in proc.stderr and "rl-training[atari]" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
