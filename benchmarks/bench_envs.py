@@ -62,7 +62,9 @@ def ours(case: str, seed: int, steps: int) -> dict[str, Any]:
         )
         seconds = time.perf_counter() - start
         score = evaluate(result.run_dir, n_episodes=EVAL_EPISODES).mean_return
-    return {"sps": steps / seconds, "score": score, "seconds": seconds}
+    # the mean return of the last 20 training episodes (whole games on Atari)
+    return {"sps": steps / seconds, "score": score, "seconds": seconds,
+            "train_return": result.mean_return}  # fmt: skip
 
 
 def _linear(start: float) -> Any:
@@ -115,7 +117,13 @@ def sb3(case: str, seed: int, steps: int) -> dict[str, Any]:
     if isinstance(env, VecNormalize):
         eval_env.obs_rms = env.obs_rms
     mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
-    return {"sps": steps / seconds, "score": float(mean), "seconds": seconds}
+    recent = [info["r"] for info in model.ep_info_buffer][-20:]  # Monitor: whole games
+    return {
+        "sps": steps / seconds,
+        "score": float(mean),
+        "seconds": seconds,
+        "train_return": float(sum(recent) / len(recent)) if recent else None,
+    }
 
 
 def _one(lib: str, case: str, seed: int, steps: int) -> dict[str, Any]:
