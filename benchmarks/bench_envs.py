@@ -101,7 +101,7 @@ def sb3(case: str, seed: int, steps: int) -> dict[str, Any]:
                     exploration_final_eps=0.01, optimize_memory_usage=False, seed=seed,
                     verbose=0)  # fmt: skip
     elif case == "hopper-ppo":  # rl-zoo ppo.yml, Hopper
-        env = VecNormalize(env)
+        env = VecNormalize(env, gamma=0.999)  # rl-zoo passes the algorithm's gamma
         eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
         model = PPO("MlpPolicy", env, batch_size=32, n_steps=512, gamma=0.999,
                     learning_rate=9.80828e-05, ent_coef=0.00229519, clip_range=0.2, n_epochs=5,

@@ -270,3 +270,28 @@ def test_a_replay_buffer_larger_than_memory_is_refused_before_anything_is_writte
     available = available_memory(torch.device("cpu"))
     assert 0 < replay_memory(fits, found, 2, ()) <= available
     assert replay_memory(fits * 11 // 10, found, 2, ()) > available
+
+
+@pytest.mark.parametrize(("activation", "ortho_init"), [("tanh", True), ("relu", False)])
+def test_the_fused_rollout_policy_is_the_actor_critic_with_either_activation(
+    activation, ortho_init
+):
+    """rollout_act (actor and critic fused) gives what act gives, for SB3's defaults and
+    for the zoo's MuJoCo choice (ReLU, PyTorch's init), with and without a CNN."""
+    from rl_training.trainers.networks import ActorCritic
+
+    for space, obs in (
+        (gym.spaces.Box(-1.0, 1.0, (5,), np.float32), torch.randn(6, 5)),
+        (obs_envs.Pixels().observation_space,
+         torch.randint(0, 256, (6, 40, 44, 3), dtype=torch.uint8)),
+    ):  # fmt: skip
+        torch.manual_seed(0)
+        agent = ActorCritic(space, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), [32, 32],
+                            -2.0, activation=activation, ortho_init=ortho_init)  # fmt: skip
+        assert agent.actor.activation is (torch.relu if activation == "relu" else torch.tanh)
+        torch.testing.assert_close(agent.log_std.detach(), torch.full((2,), -2.0))
+        with torch.no_grad():
+            fused = agent.rollout_act()(obs, torch.Generator().manual_seed(3))
+            plain = agent.act(obs, torch.Generator().manual_seed(3))
+        for a, b in zip(fused, plain, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -73,6 +73,11 @@ class _OnPolicy(_Common):
 
     log_std_init: float = 0.0
     """Initial log standard deviation of a Box action's Gaussian policy."""
+    activation: str = "tanh"
+    """The MLPs' hidden activation: ``"tanh"`` (SB3's default) or ``"relu"``."""
+    ortho_init: bool = True
+    """Orthogonal initialisation (SB3's ``ortho_init``; policy head gain 0.01, value
+    head 1); ``False``: PyTorch's default initialisation."""
     anneal_lr: bool = False
     """Linearly decay the learning rate to 0 over ``total_timesteps``."""
     n_steps: int = 128
@@ -98,6 +103,10 @@ class _OnPolicy(_Common):
         for name in ("ent_coef", "vf_coef"):
             _non_negative(name, getattr(self, name))
         _unit_interval("gae_lambda", self.gae_lambda)
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(
+                f"hyperparams['activation'] must be 'tanh' or 'relu', got {self.activation!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

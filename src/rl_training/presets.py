@@ -36,8 +36,8 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(
             },
         },
         # MuJoCo: PPO as rl-zoo tunes it for Hopper (normalised observations and
-        # rewards; the zoo's ReLU and ortho_init=False are not rl-training options:
-        # Tanh and orthogonal init here); SAC and TD3 as the zoo runs every MuJoCo task.
+        # rewards, ReLU, PyTorch's default init, log std -2); SAC and TD3 as the zoo
+        # runs every MuJoCo task.
         "mujoco": {
             "ppo": {
                 "normalize_obs": True, "normalize_reward": True, "num_envs": 1,
@@ -45,6 +45,7 @@ PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(
                 "learning_rate": 9.80828e-05, "anneal_lr": False, "ent_coef": 0.00229519,
                 "clip_range": 0.2, "n_epochs": 5, "gae_lambda": 0.99, "max_grad_norm": 0.7,
                 "vf_coef": 0.835671, "log_std_init": -2.0, "net_arch": [256, 256],
+                "activation": "relu", "ortho_init": False,
             },
             "sac": {"learning_starts": 10_000},
             "td3": {"learning_starts": 10_000, "action_noise": 0.1},

@@ -415,13 +415,16 @@ class ActorCritic(nn.Module):
         action_space: gym.Space[Any],
         net_arch: Sequence[int],
         log_std_init: float = 0.0,
+        *,
+        activation: str = "tanh",
+        ortho_init: bool = True,
     ) -> None:
         super().__init__()
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         found = layout(observation_space)
         #: The observation's encoder, shared by actor and critic (SB3's shared features
         #: extractor): a Nature CNN for images, the identity for vectors.
-        self.features = found.encoder(orthogonal=True)
+        self.features = found.encoder(orthogonal=ortho_init)
         self.encoded = found.has_images
         n_in = self.features.out_dim
         if isinstance(action_space, gym.spaces.Discrete):
@@ -435,8 +438,10 @@ class ActorCritic(nn.Module):
             self.register_buffer("high", torch.as_tensor(action_space.high, dtype=torch.float32))
         else:
             raise ValueError(f"action space {action_space} is not supported (Discrete or Box)")
-        self.actor = mlp(n_in, net_arch, n_out, out_gain=0.01)
-        self.critic = mlp(n_in, net_arch, 1, out_gain=1.0)
+        act = torch.relu if activation == "relu" else torch.tanh
+        self.actor = mlp(n_in, net_arch, n_out, activation=act,
+                         out_gain=0.01 if ortho_init else None)  # fmt: skip
+        self.critic = mlp(n_in, net_arch, 1, activation=act, out_gain=1.0 if ortho_init else None)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
         """The features actor and critic read (the observation itself for vectors)."""
@@ -473,11 +478,12 @@ class ActorCritic(nn.Module):
         *hidden, (w_out, b_out) = weights
         n_actor = self.actor.linears[-1].out_features
         linear, sample, encode = nn.functional.linear, self._sample, self.encode
+        activation = self.actor.activation
 
         def act(obs: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             x = encode(obs)
             for w, b in hidden:
-                x = torch.tanh(linear(x, w, b))
+                x = activation(linear(x, w, b))
             out = linear(x, w_out, b_out)
             return sample(out[:, :n_actor], out[:, n_actor], generator)
 

@@ -38,9 +38,10 @@ def actor_critic_and_buffer(session: Session[Any]) -> tuple[ActorCritic, Rollout
     """The actor-critic for the session's spaces, and a rollout buffer of ``n_steps``."""
     hp, device = session.hp, session.device
     obs_space = session.plan.observation_space
-    agent = ActorCritic(obs_space, session.plan.action_space, hp.net_arch, hp.log_std_init).to(
-        device
-    )
+    agent = ActorCritic(
+        obs_space, session.plan.action_space, hp.net_arch, hp.log_std_init,
+        activation=hp.activation, ortho_init=hp.ortho_init,
+    ).to(device)  # fmt: skip
     buffer = RolloutBuffer(
         hp.n_steps, hp.num_envs, layout(obs_space), agent.action_shape, agent.discrete, device
     )
@@ -112,7 +113,9 @@ def actor_critic_policy(
     device: torch.device,
 ) -> Policy:
     """An :class:`ActorCritic` from a saved model, as a policy on ``device`` (PPO and A2C)."""
-    agent = ActorCritic(observation_space, action_space, saved.hyperparams["net_arch"])
+    hp = saved.hyperparams
+    agent = ActorCritic(observation_space, action_space, hp["net_arch"],
+                        activation=hp.get("activation", "tanh"))  # fmt: skip
     agent.to(device).load_state_dict(saved.state_dicts["agent"])
     agent.eval()
 
