@@ -26,7 +26,8 @@
   when the store first fails and one when it is back. MLflow's own HTTP retries
   (7 tries over ~4 minutes by default) would stall that, so the sink sets
   ``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT=10`` unless
-  they are set. At close it keeps retrying for at most ``CLOSE_RETRY_SECONDS``; the
+  they are set. At close it retries at once, then every ``RETRY_FIRST`` s, for at most
+  ``CLOSE_RETRY_SECONDS`` (the backoff does not carry over into the close); the
   rows it could not send (and any dropped because more than ``MAX_PENDING_VALUES``
   waited) are its :attr:`~MlflowSink.undelivered`, which ``run.json`` records.
 - Resume (``run_context.resume_step`` S): the same MLflow run continues (found by
@@ -363,17 +364,20 @@ class MlflowSink:
     def close(self, status: str = "finished") -> None:
         """Send what is queued, log the run's models, end the MLflow run with the status.
 
-        A store that does not answer is retried for at most ``CLOSE_RETRY_SECONDS``;
-        then what is left is given up (counted in :attr:`undelivered`, one warning) and
-        the close returns normally.
+        A store that does not answer is retried for at most ``CLOSE_RETRY_SECONDS``,
+        at once and then every ``RETRY_FIRST`` s whatever the backoff had reached (a
+        store back just before the close gets everything); then what is left is given
+        up (counted in :attr:`undelivered`, one warning) and the close returns normally.
         """
         if self._closed:
             return
         self._closed = True
         deadline = time.monotonic() + CLOSE_RETRY_SECONDS
-        while not self._send(force=True):
-            wait = self._retry_at - time.monotonic()
-            if time.monotonic() + max(wait, 0.0) > deadline:
+        while True:
+            self._retry_at = 0.0  # no backoff at close: the budget is the deadline
+            if self._send(force=True):
+                break
+            if time.monotonic() + RETRY_FIRST > deadline:
                 self._lost += len(self._rows) + len(self._media)
                 self._rows.clear()
                 self._media.clear()
@@ -385,7 +389,7 @@ class MlflowSink:
                     stacklevel=2,
                 )
                 return
-            time.sleep(max(wait, 0.0))
+            time.sleep(RETRY_FIRST)
         try:
             for model in ("model.pt", "best_model.pt"):
                 if (self._run_dir / model).is_file():
