@@ -14,6 +14,10 @@ process: how far a run is from the floor the matrix work sets.
 SB3 is only imported here, never a dependency: ``pip install stable-baselines3``.
 
     python benchmarks/bench_speed.py [ppo a2c dqn sac td3] [--steps N] [--repeats 3]
+        [--device cpu|cuda]
+
+``--device cuda`` puts both sides on the GPU (``benchmarks/gpu_check.sh``); the matrix
+work and sgemm figures are then left out (they describe the CPU).
 """
 
 from __future__ import annotations
@@ -133,6 +137,10 @@ STEPS = {"ppo": 20_480, "a2c": 40_000, "dqn": 20_000, "sac": 5_000, "td3": 5_000
 """Default budget per run: a run of ours lasts ~5-40 s here."""
 
 
+DEVICE = "cpu"
+"""Where both sides train (``--device``)."""
+
+
 def config(algo: str, steps: int, root: Path, seed: int) -> TrainConfig:
     case = CASES[algo]
     return TrainConfig(
@@ -141,7 +149,7 @@ def config(algo: str, steps: int, root: Path, seed: int) -> TrainConfig:
         seed=seed,
         total_timesteps=steps,
         output_dir=root,
-        device="cpu",
+        device=DEVICE,
         log_sinks=("json", "tensorboard"),
         hyperparams=case["ours"],
     )
@@ -170,7 +178,7 @@ def run_sb3(algo: str, steps: int, root: Path, seed: int) -> float:
         "MlpPolicy",
         env,
         seed=seed,
-        device="cpu",
+        device=DEVICE,
         tensorboard_log=str(root / "sb3"),
         verbose=0,
         **sb3_kwargs,
@@ -184,7 +192,7 @@ def iteration_flops(algo: str, root: Path) -> float:
     """Matrix FLOPs of one training iteration of ours (forward and backward), counted
     by ``torch.utils.flop_counter`` on a real trainer once it trains every step."""
     plan = resolve_plan(config(algo, 10**9, root, seed=0))
-    session = Session.open(plan, CompositeLogger([]))
+    session = Session.open(plan, CompositeLogger({}))
     trainer = trainer_class(plan.spec)(session)
     warmup = max(plan.hp.learning_starts, getattr(plan.hp, "train_freq", 1)) + 10
     while session.steps < warmup:
@@ -232,7 +240,13 @@ def main() -> None:
     parser.add_argument("algos", nargs="*", help=f"of {', '.join(CASES)} (default: all)")
     parser.add_argument("--steps", type=int, help="budget per run (default: per algorithm)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    on_cpu = DEVICE == "cpu"
+    if not on_cpu:
+        print(f"device: {torch.cuda.get_device_name()} (torch {torch.__version__})")
     args.algos = args.algos or list(CASES)
     if unknown := [a for a in args.algos if a not in CASES]:
         parser.error(f"unknown algorithm {unknown[0]!r}: choose from {', '.join(CASES)}")
@@ -240,11 +254,12 @@ def main() -> None:
         import stable_baselines3  # noqa: F401
     except ImportError:
         sys.exit("bench_speed needs stable-baselines3: pip install stable-baselines3")
-    rates = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
-    print(
-        f"sgemm reference ({torch.get_num_threads()} threads, batch 256): "
-        + ", ".join(f"{size}x{size} {rate:.0f} GFLOP/s" for size, rate in rates.items())
-    )
+    if on_cpu:
+        rates = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
+        print(
+            f"sgemm reference ({torch.get_num_threads()} threads, batch 256): "
+            + ", ".join(f"{size}x{size} {rate:.0f} GFLOP/s" for size, rate in rates.items())
+        )
     results: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for algo in args.algos:
@@ -255,7 +270,7 @@ def main() -> None:
                 f"steps/s   SB3 {m_sb3:7.0f} steps/s   ours/SB3 {m_ours / m_sb3:.2f}x "
                 f"(median of pairs {pairs:.2f}x)"
             )
-            if algo in ("dqn", "sac", "td3"):
+            if on_cpu and algo in ("dqn", "sac", "td3"):
                 flops = iteration_flops(algo, Path(tmp))
                 line += (
                     f"   matrix work {flops / 1e6:.0f} MFLOP/step, "
@@ -263,10 +278,12 @@ def main() -> None:
                 )
             results.append(line)
             print(line, flush=True)
-    rates_after = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
-    print(f"\nmedians of {args.repeats} runs, logging on (json + tensorboard)")
+    print(f"\nmedians of {args.repeats} runs on {DEVICE}, logging on (json + tensorboard)")
     for line in results:
         print(line)
+    if not on_cpu:
+        return
+    rates_after = {size: sgemm_rate(256, size, size) for size in (64, 256, 400)}
     print(
         "sgemm reference after: "
         + ", ".join(f"{size}x{size} {rate:.0f} GFLOP/s" for size, rate in rates_after.items())

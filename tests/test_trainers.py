@@ -287,22 +287,6 @@ def test_device_resolution():
         resolve_device("tpu")
 
 
-@pytest.mark.gpu
-def test_ppo_trains_on_cuda(tmp_path):
-    """On a CUDA machine, a tiny run trains with everything on the GPU."""
-    config = TrainConfig(
-        algo="ppo",
-        env_id="CartPole-v1",
-        seed=0,
-        total_timesteps=128,
-        output_dir=tmp_path,
-        device="cuda",
-        hyperparams=CASES["ppo"].hp,
-    )
-    result = train(config)
-    assert result.steps == 128
-
-
 def test_cuda_when_absent_fails_before_disk(tmp_path):
     """train() with device='cuda' and no CUDA raises ValueError and writes nothing."""
     if torch.cuda.is_available():
