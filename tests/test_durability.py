@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -21,8 +23,10 @@ import rl_training
 from rl_training import TrainConfig, create_training_run, evaluate, train
 from rl_training.experiment.logging import SinkFailureWarning
 from rl_training.plugins import PluginLoadWarning, discover_sinks
-from rl_training.testing import assert_sinks_agree, read_jsonl, read_scalars
-from rl_training.trainers.checkpoint import load_checkpoint
+from rl_training.testing import assert_sinks_agree, read_jsonl, read_scalars, tiny_config
+from rl_training.trainers.buffers import ImageReplayBuffer
+from rl_training.trainers.checkpoint import load_checkpoint, save_checkpoint
+from rl_training.trainers.observations import layout
 
 RL_TRAIN = [sys.executable, "-m", "rl_training"]
 TINY = [arg for hp in ("num_envs=2", "n_steps=32", "batch_size=32", "n_epochs=1")
@@ -132,6 +136,31 @@ def test_a_disk_full_at_model_pt_leaves_a_failed_run_that_resumes_to_write_it(tm
         assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
         again = rl_train("--resume", str(run_dir))
         one_error_line(again, 2, "already finished")  # and now the two agree
+
+
+def test_a_checkpoint_filling_the_disk_is_an_oserror_naming_it_and_the_old_one_stays(tmp_path):
+    """torch.save writes straight into the temporary file: a full disk there is the OS
+    error naming checkpoint.pt (not torch's RuntimeError), the previous checkpoint is
+    kept whole and no temporary file is left."""
+    space = gym.spaces.Box(0, 255, (4, 16, 16), np.uint8)
+    buffer = ImageReplayBuffer(400, layout(space), 1, (), True, torch.device("cpu"))
+    buffer.obs.random_(0, 256)
+
+    def save(rows: int) -> None:
+        buffer.size = buffer.pos = rows
+        save_checkpoint(disk / "checkpoint.pt", config=tiny_config(), step=rows,
+                        state={"buffer": buffer.state_dict()},
+                        spaces=(space, gym.spaces.Discrete(2)))  # fmt: skip
+
+    with tmpfs(tmp_path / "disk", "size=256k") as disk:
+        save(20)  # 20 KB of frames
+        with pytest.raises(OSError, match="No space left on device") as error:
+            save(400)  # 400 KB
+        assert str(disk / "checkpoint.pt") in str(error.value)
+        assert [p.name for p in disk.iterdir()] == ["checkpoint.pt"]
+        kept = load_checkpoint(disk / "checkpoint.pt")
+        assert kept.step == 20
+        assert torch.equal(kept.trainer["buffer"]["obs"], buffer.obs[:20])
 
 
 def test_full_disk_drops_the_sinks_with_a_warning_and_keeps_whole_lines(tmp_path):

@@ -217,14 +217,13 @@ class ReplayBuffer:
         self.add(obs, next_obs, action, reward, terminated, truncated)
 
     def state_dict(self) -> dict[str, Any]:
-        """The filled rows (copies: a checkpoint holds only what was stored), and where
-        the next one goes."""
-        rows = slice(0, self.size)
+        """The filled rows and where the next one goes: views of the buffer's memory
+        (:func:`filled_rows`, no copy), to be saved before the buffer changes."""
         return {
-            "obs": self.obs[rows].clone(),
-            "next_obs": self.next_obs[rows].clone(),
-            "actions": self.actions[rows].clone(),
-            "scalars": self.scalars[rows].clone(),
+            "obs": filled_rows(self.obs, self.size),
+            "next_obs": filled_rows(self.next_obs, self.size),
+            "actions": filled_rows(self.actions, self.size),
+            "scalars": filled_rows(self.scalars, self.size),
             "pos": self.pos,
             "size": self.size,
         }
@@ -356,14 +355,15 @@ class ImageReplayBuffer(ReplayBuffer):
         self.size = min(self.size + n, cap)
 
     def state_dict(self) -> dict[str, Any]:
-        """Every stored tensor (copies) and the positions."""
+        """Every stored tensor (views, as :meth:`ReplayBuffer.state_dict`) and the
+        positions."""
         return {
-            "obs": self.obs[: self.size].clone(),
-            "actions": self.actions[: self.size].clone(),
-            "scalars": self.scalars[: self.size].clone(),
-            "side": self.side.clone(),
-            "side_row": self.side_row[: self.size].clone(),
-            "side_owner": self.side_owner.clone(),
+            "obs": filled_rows(self.obs, self.size),
+            "actions": filled_rows(self.actions, self.size),
+            "scalars": filled_rows(self.scalars, self.size),
+            "side": self.side,
+            "side_row": filled_rows(self.side_row, self.size),
+            "side_owner": self.side_owner,
             "next_side": self.next_side,
             "pos": self.pos,
             "size": self.size,
@@ -398,6 +398,19 @@ class ImageReplayBuffer(ReplayBuffer):
         return torch.where(
             aside, self.side[side.clamp(min=0)], self.obs[(idx + self.num_envs) % self.capacity]
         )
+
+
+def filled_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` rows of a contiguous ``tensor``, sharing its memory, on a storage
+    of their own: ``torch.save`` writes a tensor's whole storage, so a plain slice
+    would write the empty rows too, and a copy (``clone``) would double the memory a
+    checkpoint of a large replay buffer needs (an Atari DQN's: gigabytes)."""
+    assert tensor.is_contiguous() and tensor.storage_offset() == 0
+    row_bytes = tensor[0].nbytes if len(tensor) else 0
+    storage: torch.UntypedStorage = tensor.untyped_storage()[: n * row_bytes]
+    view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    view.set_(storage, 0, (n, *tensor.shape[1:]), tensor.stride())
+    return view
 
 
 def replay_buffer(

@@ -10,11 +10,11 @@ without making the env. Both are written atomically and read with
 from __future__ import annotations
 
 import collections
-import io
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +24,7 @@ from torch import nn
 from rl_training.config import RESUMABLE_FIELDS, TrainConfig, fixed_on_resume
 from rl_training.errors import ConfigError
 from rl_training.registry import get_spec
-from rl_training.runtime.context import RunFiles, write_bytes_atomic
+from rl_training.runtime.context import RunFiles, open_run_file, replacing
 
 MODEL_FORMAT = 2
 """Version of the ``model.pt`` layout written by :func:`save_model`."""
@@ -72,7 +72,7 @@ def save_model(
         "spaces": {"observation": space_to_dict(observation_space),
                    "action": space_to_dict(action_space)},
     }  # fmt: skip
-    write_bytes_atomic(path, _serialise(payload))
+    _save_atomic(path, payload)
 
 
 def load_model(path: Path) -> SavedModel:
@@ -148,7 +148,7 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "spaces": {"observation": space_to_dict(spaces[0]), "action": space_to_dict(spaces[1])},
     }
-    write_bytes_atomic(path, _serialise(payload))
+    _save_atomic(path, payload)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -214,14 +214,44 @@ def _plain(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-def _serialise(payload: Any) -> bytes:
-    """``torch.save`` into memory: written by :func:`write_bytes_atomic`, a full disk is
-    a plain ``OSError`` naming the file (torch's own file writer reports a
-    ``RuntimeError`` about zip offsets instead)."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data: bytes = buffer.getvalue()
-    return data
+def _save_atomic(path: Path, payload: Any) -> None:
+    """``torch.save`` straight into ``path``'s temporary file, renamed when complete
+    (:func:`replacing`): the tensors are written from their own memory, never copied
+    into a bytes object first (a checkpoint of a 3 GB replay buffer needed 6 GB more
+    that way).
+
+    Raises:
+        OSError: it cannot be written (a full disk), naming ``path``, not torch's
+            ``RuntimeError`` about zip offsets; the old file is kept.
+    """
+    with replacing(path) as tmp:
+        with os.fdopen(open_run_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
+            writer = _Writes(f)
+            try:
+                torch.save(payload, writer)  # type: ignore[arg-type]
+            except RuntimeError:
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+
+
+class _Writes:
+    """A file's ``write`` and ``flush`` for ``torch.save``, keeping the ``OSError`` that
+    torch's writer turns into a ``RuntimeError``."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 class Checkpointer:
