@@ -149,6 +149,12 @@ BAD_INPUT = {
     "seed beyond 64 bits": (["--seed", str(2**64)], "seed: 18446744073709551616"),
     "tuple observations": (["--env-id", "Blackjack-v1"], "observation space is Tuple"),
     "run suffix too long": (["--run-suffix", "x" * 250], "run_suffix"),
+    "precision on ppo": (["--precision", "bf16"], "--precision is for the off-policy"),
+    "bad precision": (["--algo", "dqn", "--hp", "precision=fp16"], "got 'fp16'"),
+    "precisions disagree": (
+        ["--algo", "dqn", "--precision", "bf16", "--hp", "precision=fp32"],
+        "disagree",
+    ),  # fmt: skip
 }
 
 
@@ -271,6 +277,28 @@ def test_a_preset_fills_the_hyperparameters_under_hp():
             TrainConfig(algo=algo, env_id="CartPole-v1", seed=0, total_timesteps=100,
                         hyperparams=values).algo_hyperparams()  # fmt: skip
             assert name in ("atari", "mujoco")
+
+
+def test_precision_sets_the_hyperparameter_and_a_run_records_it(tmp_path):
+    """--precision bf16 is --hp precision=bf16; the run's config.json keeps it, and a
+    resume continues in it."""
+    from rl_training.cli import build_parser, config_from_args
+
+    argv = ["--algo", "dqn", "--env-id", "CartPole-v1", "--total-timesteps", "1000"]
+    args = build_parser().parse_args([*argv, "--precision", "bf16"])
+    assert config_from_args(args).algo_hyperparams().precision == "bf16"
+    result = run_cli("--algo", "td3", "--env-id", "Pendulum-v1", "--total-timesteps", "200",
+                     "--hp", "learning_starts=100", "--hp", "net_arch=16,16",
+                     "--precision", "bf16", "--output-dir", tmp_path, "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path)
+    assert json.loads((run / "config.json").read_text())["hyperparams"]["precision"] == "bf16"
+    resumed = run_cli("--resume", run, "--total-timesteps", "300", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 300
+    refused = run_cli("--resume", run, "--total-timesteps", "400", "--precision", "fp32")
+    assert refused.returncode == 2 and "--precision" in refused.stderr
 
 
 @pytest.mark.parametrize(

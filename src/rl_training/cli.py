@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "atari (ppo, a2c, dqn) or mujoco (ppo, sac, td3)",
     )
     parser.add_argument(
+        "--precision",
+        choices=hp_module.PRECISIONS,
+        help="matmul precision of dqn, sac and td3's hidden layers in training "
+        "(--hp precision=...): bf16 is about twice the matmul throughput on CPUs with "
+        "AVX512-BF16 or AMX, on fp32 master weights (default: fp32)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
         help="continue RUN_DIR from its checkpoint, in place (--total-timesteps may raise "
@@ -304,6 +311,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ConfigError(f"missing {', '.join(missing)} (see rl-train --help)")
     hyperparams = preset_hyperparams(args.preset, args.algo) if args.preset else {}
     hyperparams.update(parse_hyperparams(args.algo, args.hp))
+    if args.precision:
+        if "precision" not in hp_module.field_names(get_spec(args.algo).hyperparams):
+            raise ConfigError(
+                f"--precision is for the off-policy algorithms (dqn, sac, td3), not {args.algo!r}"
+            )
+        if hyperparams.setdefault("precision", args.precision) != args.precision:
+            raise ConfigError(
+                f"--precision {args.precision} and --hp precision={hyperparams['precision']} "
+                "disagree: give one"
+            )
     return TrainConfig(**values, hyperparams=hyperparams)
 
 
@@ -440,7 +457,7 @@ def _resume(args: argparse.Namespace) -> int:
     fixed = [f"--{name.replace('_', '-')}" for name in given_config_fields(args)
              if name not in RESUMABLE_FIELDS]  # fmt: skip
     fixed += ["--run-suffix"] * bool(args.run_suffix) + ["--hp"] * bool(args.hp)
-    fixed += ["--preset"] * bool(args.preset)
+    fixed += ["--preset"] * bool(args.preset) + ["--precision"] * bool(args.precision)
     if fixed:
         raise ConfigError(
             f"--resume continues a run as it was configured; {', '.join(fixed)} "

@@ -24,7 +24,7 @@ from rl_training.hyperparams import DQNHyperparams
 from rl_training.trainers.buffers import replay_buffer
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import discrete_space
-from rl_training.trainers.networks import MLP, mlp
+from rl_training.trainers.networks import MLP, mlp, set_precision
 from rl_training.trainers.observations import ObsLayout, layout, obs_to_tensor
 from rl_training.trainers.optim import (
     FlatOptimizer,
@@ -81,6 +81,7 @@ class DQNTrainer:
         obs = layout(session.plan.observation_space)
         self.n_actions = int(discrete_space(session.plan.action_space).n)
         self.q_net = q_network(obs.space, self.n_actions, hp.net_arch).to(device)
+        set_precision(self.q_net, hp.precision)
         self.q_target = copy.deepcopy(self.q_net)
         self.optimizer = FlatOptimizer([self.q_net], "adam", lr=hp.learning_rate)
         self.target_params = flatten_parameters([self.q_target], with_grad=False)

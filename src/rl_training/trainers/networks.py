@@ -69,6 +69,31 @@ class _Scratch:
         return tensor
 
 
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""The ``precision`` hyperparameter's values: the dtype of the hidden layers' matmuls."""
+
+
+def set_precision(module: nn.Module, precision: str) -> None:
+    """Run the hidden layers of every :class:`MLP` and :class:`EnsembleMLP` in
+    ``module`` in ``precision`` (a key of :data:`PRECISIONS`).
+
+    ``"bf16"``: each hidden layer casts its weights (fp32 masters, which the optimiser
+    updates) and its input to bfloat16 and runs its matmul there, as
+    ``torch.autocast`` does; the output heads, the losses and every gradient the
+    optimiser sees stay float32. About twice the matmul throughput on CPUs with
+    AVX512-BF16 or AMX (and on GPUs), at bfloat16's 8-bit mantissa.
+    """
+    dtype = PRECISIONS[precision]
+    for part in module.modules():
+        if isinstance(part, (MLP, EnsembleMLP)):
+            part.compute_dtype = dtype
+
+
+def _as(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in ``like``'s dtype (itself when it already is)."""
+    return tensor if tensor.dtype == like.dtype else tensor.to(like.dtype)
+
+
 def _reusable() -> bool:
     """Whether the call may write into :class:`_Scratch` tensors: outside autograd, and
     outside inference mode (tensors made there cannot be written to after it)."""
@@ -105,6 +130,8 @@ class MLP(nn.Module):
         self.activation = activation
         self.activation_ = _IN_PLACE.get(activation, activation)
         self.scratch = _Scratch()
+        self.compute_dtype = torch.float32
+        """The hidden layers' matmul dtype (:func:`set_precision`); the head's is float32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         *hidden, head = self.linears
@@ -112,9 +139,10 @@ class MLP(nn.Module):
             x = self._hidden(x, "forward", None)
         else:
             linear, activation = nn.functional.linear, self.activation_
+            x = x.to(self.compute_dtype)
             for layer in hidden:
-                x = activation(linear(x, layer.weight, layer.bias))
-        return nn.functional.linear(x, head.weight, head.bias)
+                x = activation(linear(x, _as(layer.weight, x), _as(layer.bias, x)))
+        return nn.functional.linear(_as(x, head.weight), head.weight, head.bias)
 
     def _hidden(
         self, x: torch.Tensor, role: str, inputs: list[torch.Tensor] | None
@@ -122,11 +150,13 @@ class MLP(nn.Module):
         """The hidden layers outside autograd, their outputs in :attr:`scratch`; each
         layer's input appended to ``inputs``, the last hidden output returned."""
         activation = self.activation_
+        x = x.to(self.compute_dtype)
         for i, layer in enumerate(self.linears[:-1]):
             if inputs is not None:
                 inputs.append(x)
             out = self.scratch(role, i, torch.Size((x.shape[0], layer.out_features)), x)
-            x = activation(torch.addmm(layer.bias, x, layer.weight.t(), out=out))
+            w, b = _as(layer.weight, x), _as(layer.bias, x)
+            x = activation(torch.addmm(b, x, w.t(), out=out))
         return x
 
     def forward_saving(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -137,9 +167,9 @@ class MLP(nn.Module):
         """
         inputs: list[torch.Tensor] = []
         with torch.no_grad():
-            x = self._hidden(x, "saving", inputs)
-            inputs.append(x)
             head = self.linears[-1]
+            x = _as(self._hidden(x, "saving", inputs), head.weight)
+            inputs.append(x)
             return torch.addmm(head.bias, x, head.weight.t()), inputs
 
     def backward_(self, inputs: Sequence[torch.Tensor], grad_out: torch.Tensor) -> None:
@@ -151,12 +181,17 @@ class MLP(nn.Module):
         with torch.no_grad():
             for i in range(len(self.linears) - 1, -1, -1):
                 layer, x = self.linears[i], inputs[i]
-                assert layer.weight.grad is not None and layer.bias.grad is not None
-                torch.mm(g.t(), x, out=layer.weight.grad)
-                torch.sum(g, 0, out=layer.bias.grad)
+                w_grad, b_grad = layer.weight.grad, layer.bias.grad
+                assert w_grad is not None and b_grad is not None
+                g = _as(g, x)  # each layer runs in its input's dtype
+                if x.dtype == w_grad.dtype:
+                    torch.mm(g.t(), x, out=w_grad)
+                else:
+                    w_grad.copy_(torch.mm(g.t(), x))  # to the fp32 gradient
+                torch.sum(g, 0, dtype=b_grad.dtype, out=b_grad)
                 if i > 0:  # x is the previous layer's activation output
                     out = self.scratch("backward", i, x.shape, x)
-                    g = activation_backward(torch.mm(g, layer.weight, out=out), x)
+                    g = activation_backward(torch.mm(g, _as(layer.weight, x), out=out), x)
 
 
 def mlp(
@@ -211,6 +246,8 @@ class EnsembleMLP(nn.Module):
         self.activation = activation
         self.activation_ = _IN_PLACE.get(activation, activation)
         self.scratch = _Scratch()
+        self.compute_dtype = torch.float32
+        """The hidden layers' matmul dtype (:func:`set_precision`); the head's is float32."""
 
     def forward(self, x: torch.Tensor, *, detach: bool = False) -> torch.Tensor:
         """Every member's output, shape ``(n, batch, out)``.
@@ -235,10 +272,13 @@ class EnsembleMLP(nn.Module):
         role: str | None,
     ) -> torch.Tensor:
         """The layers; the hidden outputs in :attr:`scratch` under ``role`` if given."""
-        h = x.unsqueeze(0).expand(self.n, *x.shape)
+        h = x.to(self.compute_dtype).unsqueeze(0).expand(self.n, *x.shape)
         activation, last = self.activation_, len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             w, b = (weight.detach(), bias.detach()) if detach else (weight, bias)
+            # the hidden layers in the compute dtype, the head in the weights' own
+            h = _as(h, w) if i == last else h
+            w, b = _as(w, h), _as(b, h)
             if inputs is not None:
                 inputs.append(h)
             if i < last:
@@ -267,19 +307,23 @@ class EnsembleMLP(nn.Module):
             for i in range(last, -1, -1):
                 w, b, x = self.weights[i], self.biases[i], inputs[i]
                 assert w.grad is not None and b.grad is not None
+                g = _as(g, x)  # each layer runs in its input's dtype
                 product = i == last and self.product_head  # h @ w as a product and a sum
                 if product:
                     w.grad.copy_((x * g).sum(1).unsqueeze(-1))
-                else:
+                elif x.dtype == w.dtype:
                     torch.bmm(x.transpose(1, 2), g, out=w.grad)
-                torch.sum(g, 1, keepdim=True, out=b.grad)
+                else:
+                    w.grad.copy_(torch.bmm(x.transpose(1, 2), g))
+                torch.sum(g, 1, keepdim=True, dtype=b.grad.dtype, out=b.grad)
                 if i > 0:  # x is the previous layer's activation output
                     g = activation_backward(self._to_input(i, g, x, "backward"), x)
 
     def _to_input(self, i: int, g: torch.Tensor, x: torch.Tensor, role: str) -> torch.Tensor:
         """The gradient ``g`` at layer ``i``'s output taken to its input ``x`` (before
         the previous layer's activation), into :attr:`scratch` under ``role``."""
-        w = self.weights[i].transpose(1, 2)
+        g = _as(g, x)
+        w = _as(self.weights[i], x).transpose(1, 2)
         if i == len(self.weights) - 1 and self.product_head:
             return g * w
         return torch.bmm(g, w, out=self.scratch(role, i, x.shape, x))
@@ -296,7 +340,8 @@ class EnsembleMLP(nn.Module):
                 g = self._to_input(i, g, inputs[i], "input backward")
                 if i > 0:  # inputs[i] is the previous layer's activation output
                     g = activation_backward(g, inputs[i])
-            return g.sum(0)  # a new tensor: the scratch is not handed out
+            # a new tensor (the scratch is not handed out), in the weights' dtype
+            return g.sum(0, dtype=self.weights[0].dtype)
 
     def member_saving(self, x: torch.Tensor, index: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Member ``index`` alone, ``(batch, out)`` (no work spent on the others), without
@@ -304,13 +349,16 @@ class EnsembleMLP(nn.Module):
         inputs = []
         activation, last = self.activation_, len(self.weights) - 1
         with torch.no_grad():
-            for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = x.to(self.compute_dtype)
+            for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+                x = _as(x, weight) if i == last else x  # the head in the weights' dtype
+                w, b = _as(weight[index], x), _as(bias[index, 0], x)
                 inputs.append(x)
                 if i < last:
-                    out = self.scratch("member", i, torch.Size((x.shape[0], w.shape[2])), x)
-                    x = activation(torch.addmm(b[index, 0], x, w[index], out=out))
+                    out = self.scratch("member", i, torch.Size((x.shape[0], w.shape[1])), x)
+                    x = activation(torch.addmm(b, x, w, out=out))
                 else:
-                    x = torch.addmm(b[index, 0], x, w[index])
+                    x = torch.addmm(b, x, w)
         return x, inputs
 
     def member_input_grad(
@@ -323,13 +371,14 @@ class EnsembleMLP(nn.Module):
         g = grad_out
         with torch.no_grad():
             for i in range(len(self.weights) - 1, -1, -1):
-                w = self.weights[i][index].t()
+                g = _as(g, inputs[i])
+                w = _as(self.weights[i][index], g).t()
                 if i > 0:  # inputs[i] is the previous layer's activation output
                     out = self.scratch("member backward", i, inputs[i].shape, g)
                     g = activation_backward(torch.mm(g, w, out=out), inputs[i])
                 else:
                     g = torch.mm(g, w)
-        return g
+        return _as(g, self.weights[0])
 
 
 class TwinCritic(nn.Module):

@@ -29,7 +29,7 @@ from rl_training.hyperparams import SACHyperparams
 from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import box_space, obs_dim, scale_action
-from rl_training.trainers.networks import TwinCritic, mlp
+from rl_training.trainers.networks import TwinCritic, mlp, set_precision
 from rl_training.trainers.observations import obs_to_tensor
 from rl_training.trainers.optim import FlatOptimizer, flatten_parameters, soft_update
 from rl_training.trainers.session import Policy, Session, load_state, state_of
@@ -138,6 +138,8 @@ class SACTrainer:
 
         self.actor = SquashedGaussianActor(obs_size, act_size, hp.net_arch).to(device)
         self.critic = TwinCritic(obs_size, act_size, hp.net_arch, product_head=True).to(device)
+        set_precision(self.actor, hp.precision)
+        set_precision(self.critic, hp.precision)
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_opt = FlatOptimizer([self.actor], "adam", lr=hp.learning_rate)
         self.critic_opt = FlatOptimizer([self.critic], "adam", lr=hp.learning_rate)

@@ -27,7 +27,7 @@ from rl_training.hyperparams import TD3Hyperparams
 from rl_training.trainers.buffers import ReplayBuffer
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import box_space, obs_dim, scale_action
-from rl_training.trainers.networks import TwinCritic, mlp
+from rl_training.trainers.networks import TwinCritic, mlp, set_precision
 from rl_training.trainers.observations import obs_to_tensor
 from rl_training.trainers.optim import FlatOptimizer, flatten_parameters, soft_update
 from rl_training.trainers.session import Policy, Session, load_state, state_of
@@ -74,6 +74,8 @@ class TD3Trainer:
 
         self.actor = DeterministicActor(obs_size, act_size, hp.net_arch).to(device)
         self.critic = TwinCritic(obs_size, act_size, hp.net_arch).to(device)
+        set_precision(self.actor, hp.precision)
+        set_precision(self.critic, hp.precision)
         self.actor_target, self.critic_target = (
             copy.deepcopy(self.actor),
             copy.deepcopy(self.critic),
