@@ -15,7 +15,8 @@ sbx lives in its own virtual environment (it pulls JAX and its own SB3), made on
 use: ``python -m venv VENV && VENV/bin/pip install "torch==2.13.0" sbx-rl tensorboard``
 (``--sbx-venv``, default ``/tmp/sbx-venv``). SB3 is imported from this environment.
 
-    python benchmarks/bench_sbx.py [ppo sac td3 dqn] [--seeds 0 1 2] [--libs ours sbx sb3]
+    python benchmarks/bench_sbx.py [ppo sac td3 dqn] [--seeds 0 1 2]
+        [--libs ours ours-bf16 sbx sb3]
         [--scale 1.0] [--out bench_sbx.jsonl]
 """
 
@@ -51,20 +52,28 @@ SBX_CHANGES: dict[str, dict[str, Any]] = {
     "ppo": {"policy_kwargs": {"ortho_init": True}},
     "dqn": {"max_grad_norm": None},  # None: left out (sbx has no such argument)
 }
-LIBS = ("ours", "sbx", "sb3")
+LIBS = ("ours", "ours-bf16", "sbx", "sb3")
+"""``ours-bf16``: ours with ``precision="bf16"`` (DQN, SAC, TD3; opt-in, not the default)."""
+OURS = ("ours", "ours-bf16")
 
 
 def worker(lib: str, algo: str, steps: int, seed: int, logdir: str) -> float:
     """Train once in this process; the seconds from setup to the end of training."""
-    if lib == "ours":
+    if lib in OURS:
         sys.path.insert(0, str(Path(__file__).parent))
+        import dataclasses
+
         from bench_speed import CASES, config
 
         from rl_training.trainers import train
 
         assert CASES[algo]["env_id"] == ENV[algo]
         start = time.perf_counter()
-        train(config(algo, steps, Path(logdir), seed))
+        run = config(algo, steps, Path(logdir), seed)
+        if lib == "ours-bf16":
+            hp = {**run.hyperparams, "precision": "bf16"}
+            run = dataclasses.replace(run, hyperparams=hp)
+        train(run)
         return time.perf_counter() - start
     module = __import__("sbx" if lib == "sbx" else "stable_baselines3")
     from stable_baselines3.common.env_util import make_vec_env
@@ -115,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("algos", nargs="*", help=f"of {', '.join(STEPS)} (default: all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    parser.add_argument("--libs", nargs="+", default=["ours", "sbx", "sb3"], choices=LIBS)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every N")
     parser.add_argument("--sbx-venv", type=Path, default=Path("/tmp/sbx-venv"))
     parser.add_argument("--out", type=Path, default=Path("bench_sbx.jsonl"))
@@ -123,7 +132,7 @@ def main() -> None:
     args.algos = args.algos or list(STEPS)
     if unknown := [a for a in args.algos if a not in STEPS]:
         parser.error(f"unknown algorithm {unknown[0]!r}: choose from {', '.join(STEPS)}")
-    pythons = {"ours": sys.executable, "sb3": sys.executable}
+    pythons = {"ours": sys.executable, "ours-bf16": sys.executable, "sb3": sys.executable}
     if "sbx" in args.libs:
         pythons["sbx"] = str(sbx_python(args.sbx_venv))
     table: list[str] = []
@@ -151,12 +160,13 @@ def main() -> None:
         line = f"{algo:4s} {ENV[algo]:12s} N={n:6d}: " + "  ".join(
             f"{lib} {med[lib]:6.0f} ({medw[lib]:.0f} whole)" for lib in args.libs
         )
-        if "ours" in med:
-            line += "".join(
-                f"  ours/{lib} {med['ours'] / med[lib]:.2f}x ({medw['ours'] / medw[lib]:.2f}x)"
-                for lib in args.libs
-                if lib != "ours"
-            )
+        line += "".join(
+            f"  {mine}/{lib} {med[mine] / med[lib]:.2f}x ({medw[mine] / medw[lib]:.2f}x)"
+            for mine in args.libs
+            if mine in OURS
+            for lib in args.libs
+            if lib not in OURS
+        )
         table.append(line)
         print(line, flush=True)
     print(f"\nsteady-state steps/s, medians of seeds {args.seeds} (whole-run in brackets)")
