@@ -43,6 +43,9 @@ RUNS: dict[str, tuple[str, str, int, dict[str, Any]]] = {
     "ppo-pixels": ("ppo", "Pixels-v0", 128, ON),
     "dqn-pixels": ("dqn", "Pixels-v0", 200, {**OFF, "train_freq": 4}),
     "sac-dict": ("sac", "Reach-v0", 200, OFF),
+    "sac-bf16": ("sac", "Pendulum-v1", 200, {**OFF, "precision": "bf16"}),
+    "td3-bf16": ("td3", "Pendulum-v1", 200, {**OFF, "precision": "bf16"}),
+    "dqn-bf16": ("dqn", "CartPole-v1", 300, {**OFF, "train_freq": 4, "precision": "bf16"}),
 }  # fmt: skip
 
 
