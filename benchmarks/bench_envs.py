@@ -5,16 +5,19 @@ Both sides use RL Baselines3 Zoo's hyperparameters for the task (ours through
 Each (library, case, seed) trains in its own process, one after the other (their
 speed is compared); the final score is the library's own evaluation of the final
 model: whole games with the real score for Atari (ours: ``evaluate``; SB3:
-``evaluate_policy``, which reads the ``Monitor`` under its ``AtariWrapper``), 10
-deterministic episodes. steps/s is ``total_timesteps`` over the training's wall time
-(evaluation not counted). Results are appended as JSON lines to ``--out``.
+``evaluate_policy``, which reads the ``Monitor`` under its ``AtariWrapper``), 30
+deterministic episodes (``--eval-episodes``; each episode's score is in the row's
+``scores``: ten Breakout games of one model swung a seed's result by 1.5x). steps/s
+is ``total_timesteps`` over the training's wall time (evaluation not counted).
+Results are appended as JSON lines to ``--out``.
 
     python benchmarks/bench_envs.py CASE [CASE ...] [--seeds 0 1] [--libs ours sb3]
-        [--steps N] [--out bench_envs.jsonl]
+        [--steps N] [--eval-episodes 30] [--keep DIR] [--out bench_envs.jsonl]
 
 Cases: breakout-ppo (500k), hopper-ppo (300k), halfcheetah-sac (50k), breakout-dqn
 (100k; both sides learn from 10k steps on, not the zoo's 100k, so that 100k steps
-train at all). ``--steps`` shortens every case (a throughput-only run).
+train at all). ``--steps`` shortens every case (a throughput-only run). ``--keep DIR``
+keeps each final model (ours: the run directory; SB3: ``model.save``) under ``DIR``.
 Needs ``pip install stable-baselines3 'rl-training[atari,mujoco]'``.
 """
 
@@ -37,17 +40,17 @@ CASES: dict[str, tuple[str, str, int, dict[str, Any]]] = {
 }
 PRESET = {"breakout-ppo": "atari", "breakout-dqn": "atari", "hopper-ppo": "mujoco",
           "halfcheetah-sac": "mujoco"}  # fmt: skip
-EVAL_EPISODES = 10
 
 
-def ours(case: str, seed: int, steps: int) -> dict[str, Any]:
+def ours(case: str, seed: int, steps: int, episodes: int, keep: Path | None) -> dict[str, Any]:
     from rl_training import TrainConfig, train
     from rl_training.presets import preset_hyperparams
     from rl_training.trainers import evaluate
 
     algo, env_id, _, extra = CASES[case]
     hp = {**preset_hyperparams(PRESET[case], algo), **extra}
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = keep / f"ours-{case}-{seed}" if keep else Path(tmp)
         start = time.perf_counter()
         result = train(
             TrainConfig(
@@ -56,22 +59,22 @@ def ours(case: str, seed: int, steps: int) -> dict[str, Any]:
                 seed=seed,
                 total_timesteps=steps,
                 hyperparams=hp,
-                output_dir=Path(out),
+                output_dir=out,
                 log_sinks=("json",),
             )
         )
         seconds = time.perf_counter() - start
-        score = evaluate(result.run_dir, n_episodes=EVAL_EPISODES).mean_return
+        scores = evaluate(result.run_dir, n_episodes=episodes).returns
     # the mean return of the last 20 training episodes (whole games on Atari)
-    return {"sps": steps / seconds, "score": score, "seconds": seconds,
-            "train_return": result.mean_return}  # fmt: skip
+    return {"sps": steps / seconds, "score": sum(scores) / len(scores), "seconds": seconds,
+            "train_return": result.mean_return, "scores": scores}  # fmt: skip
 
 
 def _linear(start: float) -> Any:
     return lambda progress: progress * start  # SB3's progress goes from 1 to 0
 
 
-def sb3(case: str, seed: int, steps: int) -> dict[str, Any]:
+def sb3(case: str, seed: int, steps: int, episodes: int, keep: Path | None) -> dict[str, Any]:
     import torch.nn as nn
     from stable_baselines3 import DQN, PPO, SAC
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
@@ -114,20 +117,27 @@ def sb3(case: str, seed: int, steps: int) -> dict[str, Any]:
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     seconds = time.perf_counter() - start
+    if keep:
+        model.save(keep / f"sb3-{case}-{seed}")
     if isinstance(env, VecNormalize):
         eval_env.obs_rms = env.obs_rms
-    mean, _ = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
+    scores, _ = evaluate_policy(
+        model, eval_env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
+    )
     recent = [info["r"] for info in model.ep_info_buffer][-20:]  # Monitor: whole games
     return {
         "sps": steps / seconds,
-        "score": float(mean),
+        "score": float(sum(scores) / len(scores)),
         "seconds": seconds,
         "train_return": float(sum(recent) / len(recent)) if recent else None,
+        "scores": [float(score) for score in scores],
     }
 
 
-def _one(lib: str, case: str, seed: int, steps: int) -> dict[str, Any]:
-    result = (ours if lib == "ours" else sb3)(case, seed, steps)
+def _one(
+    lib: str, case: str, seed: int, steps: int, episodes: int, keep: Path | None
+) -> dict[str, Any]:
+    result = (ours if lib == "ours" else sb3)(case, seed, steps, episodes, keep)
     return {"lib": lib, "case": case, "seed": seed, "steps": steps, **result}
 
 
@@ -137,6 +147,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--libs", nargs="+", default=["ours", "sb3"], choices=["ours", "sb3"])
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--eval-episodes", type=int, default=30)
+    parser.add_argument("--keep", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("bench_envs.jsonl"))
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -145,7 +157,7 @@ def main() -> None:
         for seed in args.seeds:
             for lib in args.libs:
                 with context.Pool(1) as pool:  # a fresh process each: no shared state
-                    row = pool.apply(_one, (lib, case, seed, steps))
+                    row = pool.apply(_one, (lib, case, seed, steps, args.eval_episodes, args.keep))
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as out:
                     out.write(json.dumps(row) + "\n")
