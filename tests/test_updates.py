@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from rl_training import TrainConfig
+from rl_training import TrainConfig, hyperparams
 from rl_training.experiment.logging import CompositeLogger
 from rl_training.runtime.plan import resolve_plan
 from rl_training.trainers.session import Session, trainer_class
@@ -26,7 +26,7 @@ TOLERANCE = {
     # bf16: the same bfloat16 matmuls on both sides, summed in another order
     "bf16": {"rtol": 2e-2, "atol": 2e-3},
 }
-PRECISIONS = pytest.mark.parametrize("precision", ["fp32", "bf16"])
+PRECISIONS = pytest.mark.parametrize("precision", hyperparams.PRECISIONS)
 
 
 def make_trainer(algo: str, env_id: str, precision: str = "fp32") -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_training.hyperparams import PRECISIONS
 from rl_training.trainers.observations import layout
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -69,13 +70,16 @@ class _Scratch:
         return tensor
 
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
-"""The ``precision`` hyperparameter's values: the dtype of the hidden layers' matmuls."""
+COMPUTE_DTYPES: dict[str, torch.dtype] = dict(
+    zip(PRECISIONS, (torch.float32, torch.bfloat16), strict=True)
+)
+"""The dtype of the hidden layers' matmuls for each of the ``precision`` hyperparameter's
+values (:data:`rl_training.hyperparams.PRECISIONS`, their one list)."""
 
 
 def set_precision(module: nn.Module, precision: str) -> None:
     """Run the hidden layers of every :class:`MLP` and :class:`EnsembleMLP` in
-    ``module`` in ``precision`` (a key of :data:`PRECISIONS`).
+    ``module`` in ``precision`` (a key of :data:`COMPUTE_DTYPES`).
 
     ``"bf16"``: each hidden layer casts its weights (fp32 masters, which the optimiser
     updates) and its input to bfloat16 and runs its matmul there, as
@@ -83,7 +87,7 @@ def set_precision(module: nn.Module, precision: str) -> None:
     optimiser sees stay float32. About twice the matmul throughput on CPUs with
     AVX512-BF16 or AMX (and on GPUs), at bfloat16's 8-bit mantissa.
     """
-    dtype = PRECISIONS[precision]
+    dtype = COMPUTE_DTYPES[precision]
     for part in module.modules():
         if isinstance(part, (MLP, EnsembleMLP)):
             part.compute_dtype = dtype
