@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 from rl_training.config import TrainConfig
 from rl_training.errors import ConfigError
@@ -227,9 +227,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     Raises:
         OSError: it cannot be written; the old file is kept, no temporary file is left.
     """
+    with writing_atomic(path) as f:
+        f.write(data)
+
+
+@contextmanager
+def writing_atomic(path: Path) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces ``path`` when the block completes
+    (:func:`replacing`: fsynced and renamed; on an error the old file stays)."""
     with replacing(path) as tmp:
         with os.fdopen(open_run_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-            f.write(data)
+            yield f
 
 
 @contextmanager

@@ -10,7 +10,6 @@ without making the env. Both are written atomically and read with
 from __future__ import annotations
 
 import collections
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 from rl_training.config import RESUMABLE_FIELDS, TrainConfig, fixed_on_resume
 from rl_training.errors import ConfigError
 from rl_training.registry import get_spec
-from rl_training.runtime.context import RunFiles, open_run_file, replacing
+from rl_training.runtime.context import RunFiles, writing_atomic
 
 MODEL_FORMAT = 2
 """Version of the ``model.pt`` layout written by :func:`save_model`."""
@@ -224,15 +223,14 @@ def _save_atomic(path: Path, payload: Any) -> None:
         OSError: it cannot be written (a full disk), naming ``path``, not torch's
             ``RuntimeError`` about zip offsets; the old file is kept.
     """
-    with replacing(path) as tmp:
-        with os.fdopen(open_run_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-            writer = _Writes(f)
-            try:
-                torch.save(payload, writer)  # type: ignore[arg-type]
-            except RuntimeError:
-                if writer.error is not None:
-                    raise writer.error from None
-                raise
+    with writing_atomic(path) as f:
+        writer = _Writes(f)
+        try:
+            torch.save(payload, writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 class _Writes:
