@@ -55,6 +55,8 @@ SBX_CHANGES: dict[str, dict[str, Any]] = {
 LIBS = ("ours", "ours-bf16", "sbx", "sb3")
 """``ours-bf16``: ours with ``precision="bf16"`` (DQN, SAC, TD3; opt-in, not the default)."""
 OURS = ("ours", "ours-bf16")
+BF16_ALGOS = ("sac", "td3", "dqn")
+"""The trainers with a ``precision`` hyperparameter (``ours-bf16`` skips the others)."""
 
 
 def worker(lib: str, algo: str, steps: int, seed: int, logdir: str) -> float:
@@ -138,10 +140,11 @@ def main() -> None:
     table: list[str] = []
     for algo in args.algos:
         n = max(1, round(STEPS[algo] * args.scale))
-        steady: dict[str, list[float]] = {lib: [] for lib in args.libs}
-        whole: dict[str, list[float]] = {lib: [] for lib in args.libs}
+        libs = [lib for lib in args.libs if lib != "ours-bf16" or algo in BF16_ALGOS]
+        steady: dict[str, list[float]] = {lib: [] for lib in libs}
+        whole: dict[str, list[float]] = {lib: [] for lib in libs}
         for seed in args.seeds:
-            for lib in args.libs:
+            for lib in libs:
                 t1 = timed(pythons[lib], lib, algo, n, seed)
                 t2 = timed(pythons[lib], lib, algo, 2 * n, seed)
                 steady[lib].append(n / (t2 - t1) if t2 > t1 else float("nan"))
@@ -155,16 +158,16 @@ def main() -> None:
                     f"steady {steady[lib][-1]:7.0f} steps/s  whole {whole[lib][-1]:7.0f}",
                     flush=True,
                 )
-        med = {lib: statistics.median(steady[lib]) for lib in args.libs}
-        medw = {lib: statistics.median(whole[lib]) for lib in args.libs}
+        med = {lib: statistics.median(steady[lib]) for lib in libs}
+        medw = {lib: statistics.median(whole[lib]) for lib in libs}
         line = f"{algo:4s} {ENV[algo]:12s} N={n:6d}: " + "  ".join(
-            f"{lib} {med[lib]:6.0f} ({medw[lib]:.0f} whole)" for lib in args.libs
+            f"{lib} {med[lib]:6.0f} ({medw[lib]:.0f} whole)" for lib in libs
         )
         line += "".join(
             f"  {mine}/{lib} {med[mine] / med[lib]:.2f}x ({medw[mine] / medw[lib]:.2f}x)"
-            for mine in args.libs
+            for mine in libs
             if mine in OURS
-            for lib in args.libs
+            for lib in libs
             if lib not in OURS
         )
         table.append(line)
