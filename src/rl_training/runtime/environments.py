@@ -115,15 +115,16 @@ def atari_wrappers(env: gym.Env, *, training: bool) -> gym.Env:
         grayscale_obs=True, scale_obs=False,
     )  # fmt: skip
     fire = "FIRE" in env.unwrapped.get_action_meanings()  # type: ignore[attr-defined]
+    env = episodic = EpisodicLife(GameScore(env))
+    if fire:
+        env = FireReset(env)
     if training:
-        env = GameScore(env)
-        env = EpisodicLife(env)
-        if fire:
-            env = FireReset(env)
         env = ClipReward(env)
-    elif fire:
-        env = FireReset(FireOnLifeLoss(env))
-    return gym.wrappers.FrameStackObservation(env, 4)
+    env = gym.wrappers.FrameStackObservation(env, 4)
+    # Evaluation plays whole games through the very wrappers training learned behind:
+    # after a lost life the same no-op, FIRE and fresh frame stack, as SB3's evaluation
+    # (its Monitor under the AtariWrapper) does.
+    return env if training else WholeGame(env, episodic)
 
 
 def _lives(env: gym.Env) -> int:
@@ -170,6 +171,10 @@ class EpisodicLife(gym.Wrapper[Any, Any, Any, Any]):
         self._lives = lives
         return obs, reward, terminated, truncated, info
 
+    def new_game(self) -> None:
+        """Make the next reset a real one."""
+        self._game_over = True
+
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         if self._game_over:
             obs, info = self.env.reset(**kwargs)
@@ -196,28 +201,36 @@ class FireReset(gym.Wrapper[Any, Any, Any, Any]):
         return obs, info
 
 
-class FireOnLifeLoss(gym.Wrapper[Any, Any, Any, Any]):
-    """Evaluation's counterpart of :class:`EpisodicLife` + :class:`FireReset`: the
-    game is played to its end, and FIRE is pressed after each lost life (as the
-    agent learned it would be)."""
+class WholeGame(gym.Wrapper[Any, Any, Any, Any]):
+    """Evaluation's Atari env: the training stack's episodes (one per life) joined
+    into whole games with raw rewards. At a lost life it resets the stack below as
+    training's next episode would (:class:`EpisodicLife`'s no-op, :class:`FireReset`,
+    a fresh frame stack) and goes on; the game's end ends the episode, and the episode's
+    rewards add up to the game's score (:class:`GameScore`)."""
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, episodic: EpisodicLife) -> None:
         super().__init__(env)
-        self._lives = 0
+        self._episodic = episodic
+        self._given = 0.0
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(**kwargs)
-        self._lives = _lives(self.env)
-        return obs, info
+        self._episodic.new_game()  # a real reset, even after a game left unfinished
+        self._given = 0.0
+        return self.env.reset(**kwargs)
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        lives = _lives(self.env)
-        if 0 < lives < self._lives and not (terminated or truncated):
-            obs, fire_reward, terminated, truncated, info = self.env.step(1)
-            reward = float(reward) + float(fire_reward)
-        self._lives = lives
-        return obs, reward, terminated, truncated, info
+        if not (terminated or truncated):
+            self._given += float(reward)
+            return obs, reward, terminated, truncated, info
+        if GAME_RETURN not in info:  # a lost life: the game goes on
+            self._given += float(reward)
+            obs, info = self.env.reset()
+            return obs, reward, False, False, info
+        # the game's end: whatever the resets in between scored is counted here
+        score = float(info[GAME_RETURN])
+        info = {k: v for k, v in info.items() if k not in (GAME_RETURN, GAME_LENGTH)}
+        return obs, score - self._given, terminated, truncated, info
 
 
 class ClipReward(gym.RewardWrapper[Any, Any]):
