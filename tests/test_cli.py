@@ -150,7 +150,6 @@ BAD_INPUT = {
     "seed beyond 64 bits": (["--seed", str(2**64)], "seed: 18446744073709551616"),
     "tuple observations": (["--env-id", "Blackjack-v1"], "observation space is Tuple"),
     "run suffix too long": (["--run-suffix", "x" * 250], "run_suffix"),
-    "precision on ppo": (["--precision", "bf16"], "--precision is for the off-policy"),
     "bad precision": (["--algo", "dqn", "--hp", "precision=fp16"], "got 'fp16'"),
     "precisions disagree": (
         ["--algo", "dqn", "--precision", "bf16", "--hp", "precision=fp32"],

@@ -18,6 +18,7 @@ from rl_training import ConfigError, train
 from rl_training.testing import tiny_config
 from rl_training.trainers import evaluate, load_policy
 from rl_training.trainers.buffers import ImageReplayBuffer, ReplayBuffer
+from rl_training.trainers.networks import set_precision
 from rl_training.trainers.observations import (
     DictEncoder,
     NatureCNN,
@@ -82,6 +83,35 @@ def test_the_cnn_reads_channels_first_and_last_alike():
     assert last(hwc).shape == (1, 512)
 
 
+def test_the_cnn_in_bf16_convolves_in_bfloat16_near_fp32_and_trains_fp32_weights():
+    """``set_precision(..., "bf16")``: every convolution and the linear layer compute in
+    bfloat16, the features come out float32 within bfloat16's rounding of the fp32 ones,
+    and the gradients land on the float32 master weights, near the fp32 gradients."""
+    space = obs_envs.Pixels().observation_space
+    images = torch.from_numpy(
+        np.stack([obs_envs.Pixels().reset(seed=i)[0] for i in range(8)])
+    )  # fmt: skip
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        cnn = NatureCNN(space, 512, orthogonal=True)
+        set_precision(cnn, precision)
+        seen: list[torch.dtype] = []
+        for layer in (*cnn.cnn, cnn.linear):
+            if isinstance(layer, torch.nn.Conv2d | torch.nn.Linear):
+                layer.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out.dtype))
+        features = cnn(images)
+        features.square().mean().backward()
+        expected = torch.bfloat16 if precision == "bf16" else torch.float32
+        assert seen == [expected] * 4 and features.dtype == torch.float32
+        assert all(p.dtype == p.grad.dtype == torch.float32 for p in cnn.parameters())
+        grads = torch.cat([p.grad.reshape(-1) for p in cnn.parameters()])
+        results[precision] = features.detach(), grads
+    for fp32, bf16 in zip(results["fp32"], results["bf16"], strict=True):
+        relative = float(torch.linalg.vector_norm(bf16 - fp32) / torch.linalg.vector_norm(fp32))
+        assert 0 < relative < 0.05, relative
+
+
 @pytest.mark.parametrize(
     ("space", "fragment"),
     [
@@ -108,6 +138,9 @@ def test_unreadable_spaces_are_refused_in_one_line(space, fragment):
         ("dqn", "obs_envs:Pixels-v0", OFF),
         ("ppo", "obs_envs:Seeing-v0", ON),
         ("dqn", "obs_envs:Seeing-v0", OFF),
+        ("ppo", "obs_envs:Pixels-v0", {**ON, "precision": "bf16"}),
+        ("a2c", "obs_envs:Pixels-v0", {"num_envs": 2, "n_steps": 5, "precision": "bf16"}),
+        ("dqn", "obs_envs:Seeing-v0", {**OFF, "precision": "bf16"}),
     ],
 )
 def test_image_observations_train_through_a_cnn(tmp_path, algo, env_id, hp):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from rl_training.hyperparams import PRECISIONS
-from rl_training.trainers.observations import layout
+from rl_training.trainers.observations import NatureCNN, layout
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -78,18 +78,19 @@ values (:data:`rl_training.hyperparams.PRECISIONS`, their one list)."""
 
 
 def set_precision(module: nn.Module, precision: str) -> None:
-    """Run the hidden layers of every :class:`MLP` and :class:`EnsembleMLP` in
-    ``module`` in ``precision`` (a key of :data:`COMPUTE_DTYPES`).
+    """Run the hidden layers of every :class:`MLP` and :class:`EnsembleMLP`, and every
+    :class:`NatureCNN`, in ``module`` in ``precision`` (a key of :data:`COMPUTE_DTYPES`).
 
     ``"bf16"``: each hidden layer casts its weights (fp32 masters, which the optimiser
     updates) and its input to bfloat16 and runs its matmul there, as
-    ``torch.autocast`` does; the output heads, the losses and every gradient the
-    optimiser sees stay float32. About twice the matmul throughput on CPUs with
-    AVX512-BF16 or AMX (and on GPUs), at bfloat16's 8-bit mantissa.
+    ``torch.autocast`` does (the CNN runs under ``torch.autocast`` itself); the output
+    heads, the losses and every gradient the optimiser sees stay float32. About twice
+    the matmul throughput on CPUs with AVX512-BF16 or AMX (and on GPUs), at
+    bfloat16's 8-bit mantissa.
     """
     dtype = COMPUTE_DTYPES[precision]
     for part in module.modules():
-        if isinstance(part, (MLP, EnsembleMLP)):
+        if isinstance(part, (MLP, EnsembleMLP, NatureCNN)):
             part.compute_dtype = dtype
 
 

@@ -12,7 +12,7 @@ import torch
 from rl_training.hyperparams import _OnPolicy
 from rl_training.trainers.buffers import RolloutBuffer
 from rl_training.trainers.checkpoint import SavedModel
-from rl_training.trainers.networks import ActorCritic
+from rl_training.trainers.networks import ActorCritic, set_precision
 from rl_training.trainers.observations import layout, obs_to_tensor
 from rl_training.trainers.session import Policy, Session
 
@@ -42,6 +42,7 @@ def actor_critic_and_buffer(session: Session[Any]) -> tuple[ActorCritic, Rollout
         obs_space, session.plan.action_space, hp.net_arch, hp.log_std_init,
         activation=hp.activation, ortho_init=hp.ortho_init,
     ).to(device)  # fmt: skip
+    set_precision(agent.features, hp.precision)  # the CNN; the small MLPs stay fp32
     buffer = RolloutBuffer(
         hp.n_steps, hp.num_envs, layout(obs_space), agent.action_shape, agent.discrete, device
     )
