@@ -12,12 +12,14 @@ is ``total_timesteps`` over the training's wall time (evaluation not counted).
 Results are appended as JSON lines to ``--out``.
 
     python benchmarks/bench_envs.py CASE [CASE ...] [--seeds 0 1] [--libs ours sb3]
-        [--steps N] [--eval-episodes 30] [--keep DIR] [--out bench_envs.jsonl]
+        [--steps N] [--eval-episodes 30] [--keep DIR] [--precision bf16]
+        [--out bench_envs.jsonl]
 
 Cases: breakout-ppo (500k), hopper-ppo (300k), halfcheetah-sac (50k), breakout-dqn
 (100k; both sides learn from 10k steps on, not the zoo's 100k, so that 100k steps
 train at all). ``--steps`` shortens every case (a throughput-only run). ``--keep DIR``
 keeps each final model (ours: the run directory; SB3: ``model.save``) under ``DIR``.
+``--precision bf16`` trains ours with ``precision="bf16"`` (SB3 stays fp32).
 Needs ``pip install stable-baselines3 'rl-training[atari,mujoco]'``.
 """
 
@@ -42,15 +44,17 @@ PRESET = {"breakout-ppo": "atari", "breakout-dqn": "atari", "hopper-ppo": "mujoc
           "halfcheetah-sac": "mujoco"}  # fmt: skip
 
 
-def ours(case: str, seed: int, steps: int, episodes: int, keep: Path | None) -> dict[str, Any]:
+def ours(
+    case: str, seed: int, steps: int, episodes: int, keep: Path | None, precision: str = "fp32"
+) -> dict[str, Any]:
     from rl_training import TrainConfig, train
     from rl_training.presets import preset_hyperparams
     from rl_training.trainers import evaluate
 
     algo, env_id, _, extra = CASES[case]
-    hp = {**preset_hyperparams(PRESET[case], algo), **extra}
+    hp = {**preset_hyperparams(PRESET[case], algo), **extra, "precision": precision}
     with tempfile.TemporaryDirectory() as tmp:
-        out = keep / f"ours-{case}-{seed}" if keep else Path(tmp)
+        out = keep / f"ours-{precision}-{case}-{seed}" if keep else Path(tmp)
         start = time.perf_counter()
         result = train(
             TrainConfig(
@@ -135,9 +139,13 @@ def sb3(case: str, seed: int, steps: int, episodes: int, keep: Path | None) -> d
 
 
 def _one(
-    lib: str, case: str, seed: int, steps: int, episodes: int, keep: Path | None
+    lib: str, case: str, seed: int, steps: int, episodes: int, keep: Path | None, precision: str
 ) -> dict[str, Any]:
-    result = (ours if lib == "ours" else sb3)(case, seed, steps, episodes, keep)
+    if lib == "ours":
+        result = ours(case, seed, steps, episodes, keep, precision)
+        return {"lib": lib, "precision": precision, "case": case, "seed": seed, "steps": steps,
+                **result}  # fmt: skip
+    result = sb3(case, seed, steps, episodes, keep)
     return {"lib": lib, "case": case, "seed": seed, "steps": steps, **result}
 
 
@@ -149,6 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--out", type=Path, default=Path("bench_envs.jsonl"))
     args = parser.parse_args()
     context = multiprocessing.get_context("spawn")
@@ -157,7 +166,10 @@ def main() -> None:
         for seed in args.seeds:
             for lib in args.libs:
                 with context.Pool(1) as pool:  # a fresh process each: no shared state
-                    row = pool.apply(_one, (lib, case, seed, steps, args.eval_episodes, args.keep))
+                    row = pool.apply(
+                        _one,
+                        (lib, case, seed, steps, args.eval_episodes, args.keep, args.precision),
+                    )
                 print(json.dumps(row), flush=True)
                 with args.out.open("a") as out:
                     out.write(json.dumps(row) + "\n")
