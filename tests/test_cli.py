@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from rl_training import TrainConfig
-from rl_training.__main__ import steady_openmp
 from rl_training.cli import parse_hyperparams
 from rl_training.errors import ConfigError
 from rl_training.runtime.run_utils import create_training_run
@@ -190,21 +189,6 @@ def test_hp_values_are_typed_by_their_defaults():
     }
     with pytest.raises(ConfigError, match="n_steps"):
         parse_hyperparams("ppo", ["n_steps=1.5"])
-
-
-def test_rl_train_sets_a_short_openmp_spin_unless_the_user_chose_or_torch_is_loaded():
-    """rl-train's process gets GOMP_SPINCOUNT=1000 before torch loads libgomp; a user's
-    own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept, and once torch is loaded it is too late."""
-    environ = {"PATH": "/usr/bin"}
-    assert steady_openmp(environ, {"sys", "rl_training"})
-    assert environ == {"PATH": "/usr/bin", "GOMP_SPINCOUNT": "1000"}
-    for chosen in ({"GOMP_SPINCOUNT": "0"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
-        environ = dict(chosen)
-        assert not steady_openmp(environ, {"sys"})
-        assert environ == chosen
-    environ = {}
-    assert not steady_openmp(environ, {"sys", "torch"})
-    assert environ == {}
 
 
 def start_long_run(tmp_path, *extra):
