@@ -271,6 +271,7 @@ def test_a_preset_fills_the_hyperparameters_under_hp():
     hp = config.algo_hyperparams()
     assert hp.num_envs == 2 and hp.n_steps == 128 and hp.batch_size == 256
     assert hp.net_arch == () and hp.ent_coef == 0.01 and hp.clip_range == 0.1
+    assert hp.anneal_lr and hp.anneal_clip_range  # the zoo's lin_2.5e-4 and lin_0.1
     for name, preset in PRESETS.items():  # every preset value is a valid hyperparameter
         for algo, values in preset.items():
             TrainConfig(algo=algo, env_id="CartPole-v1", seed=0, total_timesteps=100,

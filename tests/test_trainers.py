@@ -45,7 +45,8 @@ class Case:
 
 CASES = {
     "ppo": Case("ppo", "CartPole-v1", 256, {"num_envs": 2, "n_steps": 32, "batch_size": 32,
-                "n_epochs": 2}, ON_POLICY_KEYS | {"train/approx_kl", "train/clip_fraction"},
+                "n_epochs": 2},
+                ON_POLICY_KEYS | {"train/approx_kl", "train/clip_fraction", "train/clip_range"},
                 [64, 128, 192, 256]),
     "ppo-box": Case("ppo", "Pendulum-v1", 400, {"num_envs": 2, "n_steps": 32, "batch_size": 32,
                     "n_epochs": 2, "log_interval": 150}, ON_POLICY_KEYS | {"train/std"},
@@ -228,6 +229,23 @@ def test_ppo_anneals_and_a2c_keeps_the_learning_rate(tmp_path):
     a2c = assert_sinks_agree(tiny_run(CASES["a2c"], tmp_path / "a2c", anneal_lr=True).run_dir)
     lrs = [row["train/learning_rate"] for row in a2c if "train/learning_rate" in row]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[0]
+
+
+def test_ppo_anneals_its_clipping_range_with_the_learning_rate_when_asked(tmp_path):
+    """anneal_clip_range: each update clips at clip_range times the run still to go (the
+    learning rate's factor); by default the range stays where it was set."""
+    rows = assert_sinks_agree(
+        tiny_run(CASES["ppo"], tmp_path / "annealed", anneal_clip_range=True).run_dir
+    )
+    updates = [row for row in rows if "train/clip_range" in row]
+    # 2 envs x 32 steps a rollout, 256 steps: the factor before each rollout
+    assert [row["train/clip_range"] for row in updates] == pytest.approx([0.2, 0.15, 0.1, 0.05])
+    assert [row["train/learning_rate"] / 1e-3 for row in updates] == pytest.approx(
+        [row["train/clip_range"] / 0.2 for row in updates]
+    )
+    kept = assert_sinks_agree(tiny_run(CASES["ppo"], tmp_path / "kept").run_dir)
+    assert {row["train/clip_range"] for row in kept if "train/clip_range" in row} == {0.2}
+    assert without_wall_clock(kept) != without_wall_clock(rows)  # the clip is the one used
 
 
 def test_last_rollout_is_cut_to_the_budget(tmp_path):

@@ -140,6 +140,9 @@ class PPOHyperparams(_OnPolicy):
     """Passes over the rollout per update."""
     clip_range: float = 0.2
     """Surrogate clipping range epsilon (PPO paper, eq. 7)."""
+    anneal_clip_range: bool = False
+    """Linearly decay the clipping range to 0 over ``total_timesteps``, as the learning
+    rate (the PPO paper's Atari setting; rl-zoo's ``lin_0.1``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

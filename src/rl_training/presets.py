@@ -17,11 +17,12 @@ from rl_training.errors import ConfigError
 PRESETS: Mapping[str, Mapping[str, Mapping[str, Any]]] = types.MappingProxyType(
     {
         # rl-zoo's "atari" entries (CnnPolicy: the Nature CNN, no hidden layer after it).
-        # PPO: the zoo anneals clip_range too (lin_0.1); here it stays 0.1.
+        # PPO: learning rate and clipping range annealed to 0 (the zoo's lin_2.5e-4, lin_0.1).
         "atari": {
             "ppo": {
                 "num_envs": 8, "n_steps": 128, "n_epochs": 4, "batch_size": 256,
                 "learning_rate": 2.5e-4, "anneal_lr": True, "clip_range": 0.1,
+                "anneal_clip_range": True,
                 "vf_coef": 0.5, "ent_coef": 0.01, "net_arch": [],
             },
             "a2c": {

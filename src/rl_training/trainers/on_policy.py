@@ -17,6 +17,11 @@ from rl_training.trainers.observations import layout, obs_to_tensor
 from rl_training.trainers.session import Policy, Session
 
 
+def remaining(session: Session[Any]) -> float:
+    """The fraction of the run still to go, 1 at its start: annealed values' factor."""
+    return 1.0 - session.steps / session.total_timesteps
+
+
 def next_rollout(session: Session[Any]) -> tuple[int, float]:
     """``(length, learning rate)`` of the next rollout.
 
@@ -30,7 +35,7 @@ def next_rollout(session: Session[Any]) -> tuple[int, float]:
     per_env_left = -(-total // session.stepper.step_size) - session.stepper.vector_steps  # ceil
     length = min(hp.n_steps, per_env_left)
     if hp.anneal_lr:
-        return length, hp.learning_rate * (1.0 - session.steps / total)
+        return length, hp.learning_rate * remaining(session)
     return length, hp.learning_rate
 
 

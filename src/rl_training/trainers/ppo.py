@@ -4,8 +4,9 @@ Paper: https://arxiv.org/abs/1707.06347. As in Stable-Baselines3 and CleanRL:
 GAE advantages (arXiv:1506.02438), minibatch epochs, per-minibatch advantage
 normalisation, unclipped value loss, entropy bonus, global gradient clipping.
 Deliberate choices: the learning rate is annealed linearly to zero by default
-(CleanRL's ``anneal_lr``), and truncated episodes are bootstrapped from their
-final observation (SB3) so a time limit is not mistaken for a terminal state.
+(CleanRL's ``anneal_lr``; the clipping range too with ``anneal_clip_range``), and
+truncated episodes are bootstrapped from their final observation (SB3) so a time
+limit is not mistaken for a terminal state.
 
 Glossary: ``adv`` advantages, ``mb`` minibatch, ``logp`` log-probability,
 ``ratio`` pi_new(a|s) / pi_old(a|s).
@@ -25,6 +26,7 @@ from rl_training.trainers.on_policy import (
     actor_critic_policy,
     collect_rollout,
     next_rollout,
+    remaining,
     training_row,
 )
 from rl_training.trainers.optim import FlatOptimizer
@@ -53,6 +55,7 @@ class PPOTrainer:
         session, hp, agent = self.session, self.session.hp, self.agent
         length, lr = next_rollout(session)
         self.optimizer.set_lr(lr)
+        clip = hp.clip_range * remaining(session) if hp.anneal_clip_range else hp.clip_range
 
         # Collect rollout
         collect_rollout(session, agent, self.buffer, length)
@@ -86,7 +89,7 @@ class PPOTrainer:
                 ratio = log_ratio.exp()
                 # Clipped surrogate objective (PPO paper, eq. 7)
                 policy_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - hp.clip_range, 1 + hp.clip_range)
+                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - clip, 1 + clip)
                 ).mean()
                 value_loss = nn.functional.mse_loss(value, e_returns[mb])
                 entropy_loss = -entropy.mean()
@@ -96,7 +99,7 @@ class PPOTrainer:
 
                 with torch.no_grad():  # accumulated on the device: no host sync per minibatch
                     approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3 estimator
-                    clip_fraction = ((ratio - 1).abs() > hp.clip_range).float().mean()
+                    clip_fraction = ((ratio - 1).abs() > clip).float().mean()
                     stats += torch.stack(
                         [policy_loss, value_loss, entropy_loss, approx_kl, clip_fraction]
                     ).detach()
@@ -107,6 +110,7 @@ class PPOTrainer:
         stats /= n_minibatches
         row = training_row(agent, stats, b_values, b_returns, lr, self.n_updates)
         row["train/approx_kl"], row["train/clip_fraction"] = stats[3], stats[4]
+        row["train/clip_range"] = clip
         return row
 
     def state_dict(self) -> dict[str, Any]:
