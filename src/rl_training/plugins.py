@@ -138,12 +138,20 @@ class PluginManager(pluggy.PluginManager):
         the rest still load.
         """
         seen: set[tuple[str, str]] = set()
-        # Sorted by name: sys.path order would make clash messages machine-dependent.
-        dists = sorted(metadata.distributions(), key=lambda d: (d.metadata["Name"] or "").lower())
-        for dist in dists:
-            dist_name = dist.metadata["Name"] or "?"
-            for ep in dist.entry_points:
-                if ep.group != hookspecs.PROJECT_NAME or (ep.name, ep.value) in seen:
+        # Only the distributions with entry points in the group have their metadata
+        # read (parsing every installed package's took ~90 ms a manager). Sorted by
+        # name, each in its file's order: sys.path order would make clash messages
+        # machine-dependent.
+        by_dist: dict[str, list[metadata.EntryPoint]] = {}
+        versions: dict[str, str] = {}
+        for ep in metadata.entry_points(group=hookspecs.PROJECT_NAME):
+            dist = ep.dist
+            dist_name = (dist.metadata["Name"] if dist is not None else None) or "?"
+            by_dist.setdefault(dist_name, []).append(ep)
+            versions.setdefault(dist_name, (dist.version if dist is not None else None) or "?")
+        for dist_name in sorted(by_dist, key=str.lower):
+            for ep in by_dist[dist_name]:
+                if (ep.name, ep.value) in seen:
                     continue
                 seen.add((ep.name, ep.value))  # a dist found twice on sys.path loads once
                 if self.is_blocked(ep.name):
@@ -161,7 +169,7 @@ class PluginManager(pluggy.PluginManager):
                         raise
                     failure = PluginFailure(
                         entry_point=f"{ep.name} = {ep.value}",
-                        distribution=f"{dist_name} {dist.version}",
+                        distribution=f"{dist_name} {versions[dist_name]}",
                         error=f"{type(error).__name__}: {error}",
                     )
                     self.load_failures.append(failure)
@@ -172,7 +180,7 @@ class PluginManager(pluggy.PluginManager):
                         stacklevel=3,
                     )
                     continue
-                self._distributions[name] = (dist_name, dist.version or "?")
+                self._distributions[name] = (dist_name, versions[dist_name])
 
 
 def get_plugin_manager(*, autoload: bool | None = None) -> PluginManager:
