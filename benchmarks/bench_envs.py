@@ -78,22 +78,29 @@ def _linear(start: float) -> Any:
     return lambda progress: progress * start  # SB3's progress goes from 1 to 0
 
 
+def sb3_atari_env(env_id: str, seed: int, n_envs: int = 1) -> Any:
+    """SB3's Atari env as rl-zoo makes it: ``make_atari_env`` (its ``AtariWrapper``,
+    a ``Monitor`` under it) and ``VecFrameStack(4)``; evaluation's is seeded ``seed + 1000``."""
+    import ale_py
+    import gymnasium as gym
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    return VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), 4)
+
+
 def sb3(case: str, seed: int, steps: int, episodes: int, keep: Path | None) -> dict[str, Any]:
     import torch.nn as nn
     from stable_baselines3 import DQN, PPO, SAC
-    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+    from stable_baselines3.common.vec_env import VecNormalize
 
     algo, env_id, _, extra = CASES[case]
     if env_id.startswith("Breakout"):
-        import ale_py
-        import gymnasium as gym
-
-        gym.register_envs(ale_py)
-        n_envs = 8 if algo == "ppo" else 1
-        env = VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=seed), 4)
-        eval_env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed + 1000), 4)
+        env = sb3_atari_env(env_id, seed, n_envs=8 if algo == "ppo" else 1)
+        eval_env = sb3_atari_env(env_id, seed + 1000)
     else:
         env = make_vec_env(env_id, n_envs=1, seed=seed)
         eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 1000)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bench_envs import CASES
+from bench_envs import CASES, sb3_atari_env
 
 Act = Callable[[np.ndarray], np.ndarray]
 """A batch of ``(4, 84, 84)`` ``uint8`` stacks -> a batch of actions."""
@@ -49,15 +49,13 @@ def in_ours(env_id: str, act: Act, episodes: int) -> list[float]:
 
 def in_sb3(env_id: str, act: Act, seed: int, episodes: int) -> list[float]:
     """Whole games in SB3's evaluation, as ``bench_envs.py`` scores SB3."""
-    from stable_baselines3.common.env_util import make_atari_env
     from stable_baselines3.common.evaluation import evaluate_policy
-    from stable_baselines3.common.vec_env import VecFrameStack
 
     class Predictor:  # evaluate_policy's model: channels-last stacks in
         def predict(self, obs: np.ndarray, *_: Any, **__: Any) -> tuple[np.ndarray, None]:
             return act(np.ascontiguousarray(obs.transpose(0, 3, 1, 2))), None
 
-    env = VecFrameStack(make_atari_env(env_id, n_envs=1, seed=seed + 1000), 4)
+    env = sb3_atari_env(env_id, seed + 1000)
     try:
         scores, _ = evaluate_policy(
             Predictor(),  # type: ignore[arg-type]
@@ -93,10 +91,6 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("cross_eval.jsonl"))
     args = parser.parse_args()
-    import ale_py
-    import gymnasium as gym
-
-    gym.register_envs(ale_py)
     env_id = CASES[args.case][1]
     for seed in args.seeds:
         models: dict[str, Path] = {"sb3": args.keep / f"sb3-{args.case}-{seed}.zip"}
