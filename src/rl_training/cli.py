@@ -440,15 +440,20 @@ def list_hyperparams(algo: str | None, out: TextIO = sys.stdout) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rl_training.trainers import train  # here: --help and bad input stay fast
-
     config = config_from_args(args)
-    return _drive(args, lambda progress: train(config, args.run_suffix, progress=progress))
+
+    def start(progress: Progress) -> TrainResult:
+        # imported under _drive's handlers (a Ctrl-C inside torch's import can be lost);
+        # here, not at the top: --help and bad input stay fast
+        from rl_training.trainers import train
+
+        return train(config, args.run_suffix, progress=progress)
+
+    return _drive(args, start)
 
 
 def _resume(args: argparse.Namespace) -> int:
     from rl_training.config import RESUMABLE_FIELDS
-    from rl_training.trainers import resume
 
     fixed = [f"--{name.replace('_', '-')}" for name in given_config_fields(args)
              if name not in RESUMABLE_FIELDS]  # fmt: skip
@@ -460,10 +465,14 @@ def _resume(args: argparse.Namespace) -> int:
             "cannot change (only --total-timesteps and --device can)"
         )
     device = args.device if "device" in given_config_fields(args) else None
-    return _drive(
-        args, lambda progress: resume(args.resume, total_timesteps=args.total_timesteps,
-                                      device=device, progress=progress),
-    )  # fmt: skip
+
+    def start(progress: Progress) -> TrainResult:
+        from rl_training.trainers import resume  # under _drive's handlers, as in _train
+
+        return resume(args.resume, total_timesteps=args.total_timesteps, device=device,
+                      progress=progress)  # fmt: skip
+
+    return _drive(args, start)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
