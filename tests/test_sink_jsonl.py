@@ -8,6 +8,7 @@ import math
 import pytest
 
 from rl_training.experiment.sinks.jsonl import JsonlSink
+from rl_training.runtime.context import LineFile
 from rl_training.runtime.run_utils import create_run_context
 from rl_training.testing import read_jsonl, strict_json_loads
 
@@ -91,3 +92,44 @@ def test_log_after_close_raises(context):
     sink.close()
     with pytest.raises(RuntimeError, match="closed"):
         sink.log_metrics({"a": 1}, 0)
+
+
+def _line_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of each line, its newline included."""
+    spans, start = [], 0
+    for line in data.splitlines(keepends=True):
+        spans.append((start, start + len(line)))
+        start += len(line)
+    return spans
+
+
+def test_lines_never_straddle_a_page_so_a_kill_cannot_cut_them(context):
+    """Linux can stop a write killed between two pages: every line that fits in one
+    stays in one (the one before is padded with spaces), rows of varying length too."""
+    page = LineFile.PAGE
+    sink = JsonlSink(context)
+    for step in range(400):
+        width = (20, 6, 11)[step % 3]
+        sink.log_metrics({f"k{i}/" + "x" * (step % 97): float(i) for i in range(width)}, step)
+    sink.close()
+    data = context.metrics_path.read_bytes()
+    spans = _line_spans(data)
+    rows = read_jsonl(context.metrics_path)  # strict JSON: the padding is insignificant space
+    assert [r["step"] for r in rows] == list(range(400))
+    assert len({start // page for start, _ in spans}) > 20  # the test crosses many pages
+    for start, end in spans[3:]:  # after the first rows have shown the lengths to expect
+        assert start // page == (end - 1) // page, (start, end)
+    padded = [(start, end) for start, end in spans if data[end - 2 : end] == b" \n"]
+    assert padded and all(end % page == 0 for _, end in padded)  # only up to a page's end
+
+
+def test_a_line_longer_than_a_page_is_still_one_whole_line(context):
+    """A row too long for a page is written whole (it cannot be kept in one page)."""
+    sink = JsonlSink(context)
+    sink.log_metrics({"short": 1.0}, 0)
+    sink.log_metrics({f"long/{i}": float(i) for i in range(600)}, 1)
+    sink.log_metrics({"short": 2.0}, 2)
+    sink.close()
+    rows = read_jsonl(context.metrics_path)
+    assert [len(r) for r in rows] == [3, 602, 3]
+    assert len(context.metrics_path.read_bytes().splitlines()[1]) > LineFile.PAGE

@@ -339,6 +339,48 @@ class AppendOnlyFile:
                 os.close(fd)
 
 
+class LineFile(AppendOnlyFile):
+    """An :class:`AppendOnlyFile` of text lines that a ``SIGKILL`` cannot cut.
+
+    Linux copies a buffered write into the page cache a page (folio) at a time and
+    gives up between two pages when the process is being killed, so a line written
+    across a page boundary can be left half written by a ``SIGKILL`` landing during
+    its ``write(2)``, and a reader can see its first page before the second. A line
+    inside one page is copied in one piece. So when the room left in the page after
+    a line is smaller than the longest of the last lines (and a margin), it is padded with
+    spaces (insignificant around a JSON value) to the page's end: the next line
+    starts a fresh page. Lines longer than a page cannot be kept in one; a resumed
+    run drops such a cut last line.
+    """
+
+    PAGE: ClassVar[int] = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+    """The granularity of the kernel's copy."""
+    RECENT: ClassVar[int] = 16
+    """How many of the last lines' lengths predict the next one's."""
+
+    def __init__(self, path: Path, *, exclusive: bool = False) -> None:
+        super().__init__(path, exclusive=exclusive)
+        self._recent: list[int] = []
+
+    def append_line(self, line: bytes) -> None:
+        """Append ``line`` (no newline in it) and its newline, whole.
+
+        Raises:
+            OSError: it could not be written (naming the file); the file is as before.
+            RuntimeError: the file is closed.
+        """
+        length = len(line) + 1
+        self._recent.append(length)
+        if len(self._recent) > self.RECENT:
+            del self._recent[0]
+        start = self._size % self.PAGE
+        room = self.PAGE - start - length
+        expected = max(self._recent) * 5 // 4 + 64  # numbers' lengths vary between rows
+        if 0 < room < expected:  # the next line would likely straddle the page's end
+            line += b" " * room
+        self.append(line + b"\n")
+
+
 class RunLock:
     """An exclusive lock on a run directory, held while a process has the run open.
 
@@ -389,6 +431,7 @@ class RunLock:
 
 __all__ = [
     "AppendOnlyFile",
+    "LineFile",
     "RunContext",
     "RunLock",
     "json_bytes",

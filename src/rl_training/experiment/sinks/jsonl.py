@@ -23,7 +23,7 @@ from rl_training.experiment.media import (
 )
 from rl_training.hookspecs import hookimpl
 from rl_training.runtime.context import (
-    AppendOnlyFile,
+    LineFile,
     LinkInRunError,
     RunFiles,
     open_run_file,
@@ -49,8 +49,9 @@ class JsonlSink:
     """Write ``config.json`` on ``log_config`` and one flushed line of ``metrics.jsonl`` per call.
 
     Each line is ``{"step": ..., "time": ..., <metrics>...}`` in strict JSON, written
-    with a single ``write(2)`` on an unbuffered append-only descriptor: a reader, or
-    a process killed at any instant, only ever sees whole lines. A write that fails
+    with a single ``write(2)`` on an unbuffered append-only descriptor, kept inside one
+    page of the file (:class:`~rl_training.runtime.context.LineFile`): a reader, or a
+    process killed at any instant, only ever sees whole lines. A write that fails
     (a full disk) is cut back to the last whole line before the error is raised. A
     resumed run (``run_context.resume_step`` S) keeps the rows up to S.
     """
@@ -71,8 +72,8 @@ class JsonlSink:
             self._media_count = _keep_media_up_to(files, run_context.resume_step)
         else:
             self._media_count = 0
-        self._file = AppendOnlyFile(self._metrics_path)
-        self._media: AppendOnlyFile | None = None  # media.jsonl, opened at the first value
+        self._file = LineFile(self._metrics_path)
+        self._media: LineFile | None = None  # media.jsonl, opened at the first value
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         """Write ``config.json`` (pretty, sorted keys); a later call replaces it."""
@@ -90,7 +91,7 @@ class JsonlSink:
             else:
                 row[key] = json_safe(value)
         if len(row) > 2 or not media:
-            self._file.append((_encode(row) + "\n").encode("utf-8"))
+            self._file.append_line(_encode(row).encode("utf-8"))
         for key, value in media:
             self._write_media(key, value, step, now)
 
@@ -121,8 +122,8 @@ class JsonlSink:
         elif isinstance(value, Text):
             line["text"] = value.text
         if self._media is None:
-            self._media = AppendOnlyFile(self._media_index)
-        self._media.append((_encode(line) + "\n").encode("utf-8"))
+            self._media = LineFile(self._media_index)
+        self._media.append_line(_encode(line).encode("utf-8"))
         self._media_count += 1
 
     def _media_path(self, key: str, name: str) -> Path:
