@@ -10,7 +10,12 @@ import time
 import pytest
 
 from rl_training.experiment.logging import normalize_config
-from rl_training.experiment.sinks.tensorboard import EventFileWriter, TensorBoardSink, flatten
+from rl_training.experiment.sinks.tensorboard import (
+    EventFileWriter,
+    TensorBoardSink,
+    flatten,
+    scalar_event,
+)
 from rl_training.runtime.run_utils import create_run_context
 from rl_training.testing import event_files, load_events, read_scalars
 
@@ -39,6 +44,42 @@ def test_one_event_per_call_holding_every_metric(context):
     assert [(e.step, len(e.summary.value)) for e in scalar_events] == [(0, 10), (5, 10)]
     scalars = read_scalars(context.tensorboard_dir)
     assert scalars["g/m3"] == [(0, 3.0), (5, 8.0)]
+
+
+@pytest.mark.parametrize(
+    ("row", "step"),
+    [
+        ({"a": 1.5}, 0),
+        ({"loss/é✓": -0.0, "b": True, "k": 7, "t" * 200: 3.25e-39}, 1),
+        ({"n": math.nan, "i": math.inf, "-i": -math.inf, "big": 3.4e38, "x": 1 / 3}, 2**62 + 5),
+        ({f"g{i}/" + "x" * 140: float(i) for i in range(3)}, 127),
+        ({}, 128),
+    ],
+)
+def test_scalar_events_are_serialised_as_protobuf_does(row, step):
+    """The hand-framed scalar event is byte for byte ``Event.SerializeToString()`` (tags
+    of 1 and 2-byte lengths, zero and 9-byte steps, float32 rounding, non-finite values)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    expected = Event(
+        wall_time=1796659595.2164218,
+        step=step,
+        summary=Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in row.items()]),
+    ).SerializeToString()
+    prefixes: dict[str, bytes] = {}
+    assert scalar_event(row, step, 1796659595.2164218, prefixes) == expected
+    assert scalar_event(row, step, 1796659595.2164218, prefixes) == expected  # cached tags
+
+
+def test_a_value_beyond_float32_is_infinite_as_summary_writer_makes_it(context):
+    """1e39 does not fit a float32: TensorBoard gets infinity, and the row's other values."""
+    sink = TensorBoardSink(context)
+    sink.log_metrics({"huge": 1e39, "small": 2.0, "int": 10**40}, 3)
+    sink.close()
+    scalars = read_scalars(context.tensorboard_dir)
+    assert scalars["huge"] == [(3, math.inf)] and scalars["int"] == [(3, math.inf)]
+    assert scalars["small"] == [(3, 2.0)]
 
 
 def test_non_finite_and_bool_values_are_floats(context):

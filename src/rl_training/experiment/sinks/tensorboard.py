@@ -68,6 +68,7 @@ class TensorBoardSink:
         self._event = Event
         self._summary = Summary
         self._value = Summary.Value
+        self._prefixes: dict[str, bytes] = {}  # tag -> its bytes in a scalar event
         resume = run_context.resume_step
         self._dir = run_context.tensorboard_dir
         starts = 1
@@ -102,12 +103,18 @@ class TensorBoardSink:
         and videos as animated GIF images (Images tab, as ``SummaryWriter.add_image`` /
         ``add_video`` write them), histograms (Histograms and Distributions tabs) and
         text (Text tab) through tensorboard's own summary functions."""
-        value = self._value
+        if self._writer is None:
+            raise RuntimeError("this tensorboard sink is closed")
         try:
-            values = [value(tag=key, simple_value=v) for key, v in metrics.items()]
-        except TypeError:  # a media value among them
-            values = [_media_value(value, key, v) if isinstance(v, Media) else
-                      value(tag=key, simple_value=v) for key, v in metrics.items()]  # fmt: skip
+            data = scalar_event(metrics, step, time.time(), self._prefixes)
+        except (TypeError, OverflowError, struct.error):  # media, or beyond float32
+            pass
+        else:
+            self._writer.write_serialized(data)
+            return
+        value = self._value
+        values = [_media_value(value, key, v) if isinstance(v, Media) else
+                  value(tag=key, simple_value=v) for key, v in metrics.items()]  # fmt: skip
         self._add(self._summary(value=values), step)
 
     def close(self, status: str = "finished") -> None:
@@ -173,7 +180,10 @@ class EventFileWriter:
             OSError: it could not be written; the file is cut back to its last whole
                 record, so every reader still sees every earlier event.
         """
-        data = event.SerializeToString()
+        self.write_serialized(event.SerializeToString())
+
+    def write_serialized(self, data: bytes) -> None:
+        """Append one event already serialised (:meth:`write`'s errors)."""
         header = struct.pack("<Q", len(data))
         self._file.append(
             b"".join((header, struct.pack("<I", _masked_crc32c(header)), data,
@@ -238,6 +248,54 @@ def _crc32c_function() -> Callable[[bytes], int]:
 
 
 _crc32c = _crc32c_function()
+
+
+_pack_float = struct.Struct("<f").pack
+_pack_double = struct.Struct("<d").pack
+
+
+def _varint(number: int) -> bytes:
+    """``number`` (>= 0) as a protobuf varint."""
+    out = bytearray()
+    while number > 0x7F:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+def _value_prefix(tag: str) -> bytes:
+    """``Summary.Value{tag}`` framed as field 1 of ``Summary``, up to its ``simple_value``
+    (field 2, a float32, whose 4 bytes follow)."""
+    name = tag.encode("utf-8")
+    body = b"\x0a" + _varint(len(name)) + name + b"\x15"
+    return b"\x0a" + _varint(len(body) + 4) + body
+
+
+def scalar_event(
+    metrics: Mapping[str, Any], step: int, wall_time: float, prefixes: dict[str, bytes]
+) -> bytes:
+    """The serialised ``Event{wall_time, step, summary{value: [{tag, simple_value}...]}}``
+    of a row of scalars, byte for byte what ``Event.SerializeToString()`` gives, without
+    building a message per value (a third of the sink's time per call). ``prefixes``
+    caches each tag's bytes (:func:`_value_prefix`) between calls.
+
+    Raises:
+        TypeError: a value is not a real number (a media value).
+        OverflowError: a value is beyond float32's range (protobuf makes it infinite).
+    """
+    parts = []
+    for key, value in metrics.items():
+        prefix = prefixes.get(key)
+        if prefix is None:
+            prefix = prefixes[key] = _value_prefix(key)
+        parts.append(prefix)
+        parts.append(_pack_float(value))
+    summary = b"".join(parts)
+    head = b"\x09" + _pack_double(wall_time)
+    if step:  # proto3 leaves a zero out
+        head += b"\x10" + _varint(step)
+    return head + b"\x2a" + _varint(len(summary)) + summary
 
 
 def _masked_crc32c(data: bytes) -> int:
