@@ -84,6 +84,15 @@ class JsonlSink:
         ``metrics.jsonl``; each other value goes to :meth:`_write_media`."""
         now = time.time()
         row: dict[str, Any] = {"step": step, "time": now}
+        row.update(metrics)
+        try:  # every value a finite number, as rows mostly are: encoded as it is
+            line = _encode(row)
+        except (ValueError, TypeError):  # a non-finite float (strict JSON), or media
+            pass
+        else:
+            self._file.append_line(line.encode("utf-8"))
+            return
+        row = {"step": step, "time": now}
         media: list[tuple[str, Media]] = []
         for key, value in metrics.items():
             if isinstance(value, Media):
