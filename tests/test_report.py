@@ -185,3 +185,23 @@ def test_unfinished_runs_are_shown_drawn_to_their_length_and_left_out_of_the_iqm
     assert steps[-1] == ends[-1]  # the longest run is drawn to its end...
     assert np.isfinite(mean).all()  # ...its mean over the runs still there
     assert np.isnan(low[steps > ends[0]]).all() and np.isfinite(low[steps <= ends[0]]).all()
+
+
+def test_a_last_row_cut_by_a_kill_is_left_out_and_a_broken_row_is_named(runs, tmp_path, capsys):
+    """A killed run whose last row (longer than a page) was cut: reported from its whole
+    rows, as a resume keeps them; a line that is not JSON in the middle is an error."""
+    source = next(p for p in runs.iterdir() if p.name.startswith("ppo-CartPole-v1-s0-"))
+    cut = tmp_path / "runs" / source.name
+    shutil.copytree(source, cut)
+    metrics = cut / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"step":9999,"episode/return":' + "1" * 5000)
+    assert main(["report", str(cut), "--out", str(tmp_path / "a")]) == 0
+    final, best, episodes = expected(source, 100)
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.endswith(cut.name))
+    assert row.split()[:4] == ["0", f"{final:.1f}", f"{best:.1f}", str(episodes)]
+
+    lines = whole.splitlines(keepends=True)
+    metrics.write_text("".join(lines[:3]) + "{broken\n" + "".join(lines[3:]))
+    assert main(["report", str(cut), "--out", str(tmp_path / "b")]) == 2
+    assert "metrics.jsonl line 4 is not JSON" in capsys.readouterr().err

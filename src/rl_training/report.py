@@ -135,6 +135,10 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 def read_run(run_dir: Path, window: int) -> RunResult | None:
     """A run's episodes and names, or ``None`` if it logged no ``episode/return``.
 
+    An unterminated last line that is not JSON (a row longer than a page, cut by a
+    kill: see :class:`~rl_training.runtime.context.LineFile`) is left out, as a resume
+    drops it.
+
     Raises:
         ValueError: a line of ``metrics.jsonl`` is not JSON (the line is named).
     """
@@ -149,6 +153,8 @@ def read_run(run_dir: Path, window: int) -> RunResult | None:
             try:
                 row = json.loads(line)
             except ValueError as error:
+                if not line.endswith("\n"):  # a row cut by a kill (longer than a page)
+                    break
                 raise ConfigError(
                     f"report: {run_dir / 'metrics.jsonl'} line {number} is not JSON ({error})"
                 ) from None
