@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -360,7 +361,7 @@ class LineFile(AppendOnlyFile):
 
     def __init__(self, path: Path, *, exclusive: bool = False) -> None:
         super().__init__(path, exclusive=exclusive)
-        self._recent: list[int] = []
+        self._recent: deque[int] = deque(maxlen=self.RECENT)
 
     def append_line(self, line: bytes) -> None:
         """Append ``line`` (no newline in it) and its newline, whole.
@@ -371,8 +372,6 @@ class LineFile(AppendOnlyFile):
         """
         length = len(line) + 1
         self._recent.append(length)
-        if len(self._recent) > self.RECENT:
-            del self._recent[0]
         start = self._size % self.PAGE
         room = self.PAGE - start - length
         expected = max(self._recent) * 5 // 4 + 64  # numbers' lengths vary between rows
