@@ -34,9 +34,11 @@
   its ``rl_training.run_dir`` tag), tagged ``rl_training.resume_step``. Every batch
   sent records its last step in the tag ``rl_training.delivered_step``; a resume
   sends the rows of the run's ``metrics.jsonl`` (the ``json`` sink's) after that
-  step and up to S, which a killed attempt had not sent, so the history up to S
-  is whole. MLflow has no API to delete metric points: those the earlier attempt
-  logged after S stay in the history beside the new ones.
+  step and up to S, which a killed attempt had not sent (leaving out the points the
+  store already has: a kill between a batch's metrics and its tag), so the history
+  up to S is whole and each point in it once. MLflow has no API to delete metric
+  points: those the earlier attempt logged after S stay in the history beside the
+  new ones.
 - Telemetry: MLflow's usage telemetry (network calls, files under ``~/.config``) is
   off unless ``MLFLOW_DISABLE_TELEMETRY`` is set to something else before the sink
   starts, as a sink writes nowhere but its store.
@@ -52,6 +54,7 @@ import math
 import os
 import posixpath
 import re
+import sys
 import time
 import warnings
 from collections import deque
@@ -337,12 +340,18 @@ class MlflowSink:
 
     def _send_rows_after(self, delivered: int, resume_step: int) -> None:
         """Send the rows of ``metrics.jsonl`` with ``delivered < step <= resume_step``:
-        what a killed attempt logged but never sent (nothing if there is no JSONL)."""
+        what a killed attempt logged but never sent (nothing if there is no JSONL).
+
+        A point the store already has (same key, step and value) is not sent again: a
+        store takes a batch's metrics and its tags in two transactions, so a kill between
+        them leaves points stored beyond the ``delivered`` tag.
+        """
         from mlflow.entities import Metric
 
         path = self._run_dir / "metrics.jsonl"
         if not path.is_file() or delivered >= resume_step:
             return
+        rows = []
         with path.open(encoding="utf-8") as lines:
             for line in lines:
                 if not line.endswith("\n"):
@@ -352,13 +361,23 @@ class MlflowSink:
                 if not isinstance(step, int) or not delivered < step <= resume_step:
                     continue
                 stamp = int(float(row.get("time", time.time())) * 1000)
-                self._queue_row(
+                rows.append(
                     [
-                        Metric(self._key(key), _number(value), stamp, step)
+                        Metric(self._key(key), number, stamp, step)
                         for key, value in row.items()
-                        if key not in ("step", "time") and _number(value) is not None
+                        if key not in ("step", "time") and (number := _number(value)) is not None
                     ]
                 )
+        stored = {
+            (key, point.step, _stored_value(point.value))
+            for key in {metric.key for row in rows for metric in row}
+            for point in self.client.get_metric_history(self.run_id, key)
+            if delivered < point.step <= resume_step
+        }
+        for row in rows:
+            missing = [m for m in row if (m.key, m.step, _stored_value(m.value)) not in stored]
+            if missing:
+                self._queue_row(missing)
         self.flush()
 
     def close(self, status: str = "finished") -> None:
@@ -455,6 +474,14 @@ def _param_value(value: Any) -> str:
 def rl_training_log_sinks() -> dict[str, Any]:
     """Offer the ``mlflow`` sink."""
     return {"mlflow": MlflowSink}
+
+
+def _stored_value(value: float) -> float | str:
+    """``value`` as a store gives it back, comparable: +-inf is stored as +-1.797e308,
+    and NaN (unequal to itself) is compared as a string."""
+    if math.isnan(value):
+        return "nan"
+    return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
 
 
 def _number(value: Any) -> float | None:

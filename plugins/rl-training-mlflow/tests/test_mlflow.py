@@ -112,6 +112,47 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path):
     assert max(steps) == 256 and 128 in steps
 
 
+@pytest.mark.parametrize("landed", [True, False], ids=["batch-landed", "batch-not-sent"])
+def test_a_resume_sends_what_the_store_lacks_each_point_once(tmp_path, landed):
+    """A store takes a batch's metrics and its ``delivered_step`` tag in two transactions:
+    an attempt killed between them leaves points stored past the tag. The resume sends
+    the rows of metrics.jsonl up to S that the store lacks, and none it has (NaN, inf and
+    two equal points at one step included)."""
+    import dataclasses
+    import time
+
+    from rl_training_mlflow import DELIVERED_TAG
+
+    from rl_training import CompositeLogger, available_sinks
+    from rl_training.runtime.context import RunContext
+
+    context = RunContext(config=tiny_config(output_dir=tmp_path), run_dir=tmp_path / "run")
+    context.run_dir.mkdir()
+    sinks = {name: available_sinks()[name].factory(context) for name in ("json", "mlflow")}
+    rows = [({"r": float(s), "x": [math.nan, math.inf, -math.inf][s % 3]}, s) for s in range(10)]
+    rows.insert(6, ({"r": 5.0}, 5))  # a second env's equal episode at step 5
+    for metrics, step in rows:
+        sinks["json"].log_metrics(metrics, step)
+    time.sleep(0.05)  # the mlflow sink runs behind, on its delivery thread: later stamps
+    for metrics, step in rows:
+        if landed or step <= 4:
+            sinks["mlflow"].log_metrics(metrics, step)
+    CompositeLogger(sinks).close("interrupted")
+    client = sinks["mlflow"].client
+    run_id = sinks["mlflow"].run_id
+    client.update_run(run_id, status="RUNNING")  # as a killed attempt leaves it
+    client.set_tag(run_id, DELIVERED_TAG, "4")  # the batch of steps 5-9 without its tag
+    resumed = available_sinks()["mlflow"].factory(dataclasses.replace(context, resume_step=8))
+    CompositeLogger({"mlflow": resumed}).close("finished")
+
+    def history(key):
+        return sorted((m.step, repr(m.value)) for m in client.get_metric_history(run_id, key))
+
+    top = repr(1.7976931348623157e308)
+    assert history("r") == [(s, repr(float(s))) for s in range(10 if landed else 9)]
+    assert history("x") == [(s, ["nan", top, "-" + top][s % 3]) for s in range(10 if landed else 9)]
+
+
 def test_relative_output_directory_and_two_runs_in_one_store(tmp_path, monkeypatch, capfd):
     """The README's command: a relative output dir; both runs land in runs/mlflow.db,
     quietly, each with its model as an artifact."""
