@@ -112,6 +112,30 @@ def test_the_cnn_in_bf16_convolves_in_bfloat16_near_fp32_and_trains_fp32_weights
         assert 0 < relative < 0.05, relative
 
 
+def test_bf16_warns_where_the_cpu_only_emulates_bfloat16(monkeypatch):
+    """On a CPU without oneDNN bfloat16 kernels (an AVX2-only CPU: emulated, 10-17x
+    slower), precision="bf16" warns and names fp32; with them, or in fp32, nothing."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    from rl_training.trainers import networks
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo.read_text()):
+        assert networks.cpu_runs_bf16() is True  # native bfloat16: torch says so
+    cnn = NatureCNN(obs_envs.Pixels().observation_space, 512, orthogonal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", networks.PrecisionWarning)
+        set_precision(cnn, "fp32")
+        if networks.cpu_runs_bf16() is not False:
+            set_precision(cnn, "bf16")
+    monkeypatch.setattr(networks, "cpu_runs_bf16", lambda: False)  # an AVX2-only CPU
+    with pytest.warns(networks.PrecisionWarning, match=r"emulated.*precision='fp32' here"):
+        set_precision(cnn, "bf16")
+    assert cnn.compute_dtype == torch.bfloat16  # it warns, and does what it was asked
+
+
 @pytest.mark.parametrize(
     ("space", "fragment"),
     [
