@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_training import train
+from rl_training import resume, train
 from rl_training.runtime.environments import GAME_LENGTH, GAME_RETURN, make_env
 from rl_training.runtime.plan import resolve_plan
 from rl_training.testing import read_jsonl, strict_json_loads, tiny_config
@@ -122,15 +122,52 @@ def test_ppo_on_breakout_logs_game_scores_evaluates_and_films_the_real_frames(tm
     assert evaluate(result.run_dir, n_episodes=1).lengths[0] > 0
 
 
-def test_dqn_on_pong_keeps_each_frame_stack_once_as_uint8(tmp_path):
+def test_dqn_on_pong_keeps_each_frame_once_as_uint8_and_resumes(tmp_path):
     result = train(tiny_config(
         algo="dqn", env_id="ALE/Pong-v5", total_timesteps=200, output_dir=tmp_path,
         hyperparams={"learning_starts": 100, "batch_size": 8, "buffer_size": 1000},
     ))  # fmt: skip
     checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
     buffer = checkpoint["trainer"]["buffer"]
-    assert buffer["obs"].dtype == torch.uint8 and buffer["obs"].shape == (200, 4, 84, 84)
-    assert "next_obs" not in buffer
+    assert buffer["frames"].dtype == torch.uint8 and buffer["frames"].shape == (200, 84, 84)
+    assert "obs" not in buffer and "next_obs" not in buffer
+    assert resume(result.run_dir, total_timesteps=260).steps == 260
+
+
+def test_the_frame_buffer_holds_what_whole_stacks_would_on_real_breakout():
+    """Real Breakout (life losses, FIRE resets, no-op starts) through the frame buffer
+    and the whole-stack one: every observation is a shift or an episode's first
+    frame repeated, and both sample the same transitions."""
+    from rl_training.trainers.buffers import FrameReplayBuffer, ImageReplayBuffer
+    from rl_training.trainers.envs import make_vec_env
+    from rl_training.trainers.observations import layout
+
+    n, cpu = 2, torch.device("cpu")
+    envs = make_vec_env("BreakoutNoFrameskip-v4", n, seed=3)
+    stacks = ImageReplayBuffer(150, layout(FRAMES), n, (), True, cpu)
+    frames = FrameReplayBuffer(150, layout(FRAMES), n, (), True, cpu)
+    obs = envs.reset(seed=3)[0].copy()  # the vector env's own array: copied
+    rng, ends = np.random.default_rng(0), 0
+    for t in range(400):
+        actions = rng.integers(0, 4, n)
+        raw, reward, terminated, truncated, infos = envs.step(actions)
+        raw = raw.copy()
+        done = terminated | truncated
+        next_obs = raw.copy()
+        for i in np.flatnonzero(done):
+            next_obs[i] = infos["final_obs"][i]
+        ends += int(done.sum())
+        for buffer in (stacks, frames):
+            buffer.add(torch.from_numpy(obs), torch.from_numpy(next_obs),
+                       torch.from_numpy(actions), reward, terminated, truncated)  # fmt: skip
+        obs = raw
+        if t % 40 == 39:
+            a = stacks.sample(64, torch.Generator().manual_seed(t))
+            b = frames.sample(64, torch.Generator().manual_seed(t))
+            for name, x, y in zip(a._fields, a, b, strict=True):
+                assert torch.equal(x, y), (name, t)
+    assert ends >= 2  # lives lost (episode ends) on the way
+    assert frames.state_dict()["frames"].nbytes * 3 < stacks.state_dict()["obs"].nbytes
 
 
 def test_a_replay_buffer_too_large_for_memory_is_one_line_and_no_run(tmp_path):

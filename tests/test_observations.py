@@ -17,7 +17,7 @@ import torch
 from rl_training import ConfigError, train
 from rl_training.testing import tiny_config
 from rl_training.trainers import evaluate, load_policy
-from rl_training.trainers.buffers import ImageReplayBuffer, ReplayBuffer
+from rl_training.trainers.buffers import FrameReplayBuffer, ImageReplayBuffer, ReplayBuffer
 from rl_training.trainers.networks import set_precision
 from rl_training.trainers.observations import (
     DictEncoder,
@@ -312,6 +312,68 @@ def test_truncations_beyond_the_side_store_are_learned_as_terminations():
     kept = ~evicted & (a.terminations == 0)
     torch.testing.assert_close(b.next_obs.reshape(256, -1).float()[kept], a.next_obs[kept])
     torch.testing.assert_close(b.obs.reshape(256, -1).float(), a.obs)
+
+
+def _stacked_transitions(rng, steps, n, k, frame_shape):
+    """``n`` envs of ``k`` stacked frames (``FrameStackObservation``'s way: an episode
+    starts with its first frame ``k`` times); frames of a few values, so that stacks
+    often look alike."""
+
+    def first() -> np.ndarray:
+        return np.repeat(rng.integers(0, 3, (1, *frame_shape), dtype=np.uint8), k, axis=0)
+
+    obs = np.stack([first() for _ in range(n)])
+    for _ in range(steps):
+        frames = rng.integers(0, 3, (n, 1, *frame_shape), dtype=np.uint8)
+        next_obs = np.concatenate([obs[:, 1:], frames], axis=1)
+        terminated = rng.random(n) < 0.1
+        truncated = ~terminated & (rng.random(n) < 0.05)
+        after = next_obs.copy()
+        for i in np.flatnonzero(terminated | truncated):
+            after[i] = first()
+        yield obs, next_obs, rng.integers(0, 3, n), rng.random(n), terminated, truncated
+        obs = after
+
+
+@pytest.mark.parametrize(("capacity", "n"), [(40, 1), (37, 3), (10, 4)])
+def test_the_frame_buffer_samples_what_the_image_buffer_would(capacity, n):
+    """Each frame once, the same samples as whole stacks: through the ring's wrap, episode
+    starts, truncations, a checkpoint round trip, and a checkpoint of whole stacks
+    (an ImageReplayBuffer's, written before frame storage) taken as frames."""
+    cpu, space = torch.device("cpu"), gym.spaces.Box(0, 255, (4, 2, 3), np.uint8)
+    stacks = ImageReplayBuffer(capacity, layout(space), n, (), True, cpu)
+    frames = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
+    converted = restored = None
+    rng = np.random.default_rng(0)
+    for t, (obs, next_obs, *rest) in enumerate(_stacked_transitions(rng, 120, n, 4, (2, 3))):
+        args = (torch.from_numpy(obs), torch.from_numpy(next_obs), torch.from_numpy(rest[0]),
+                *rest[1:])  # fmt: skip
+        for buffer in (stacks, frames, converted, restored):
+            if buffer is not None:
+                buffer.add(*args)
+        if t == 60:  # from here on, also one loaded from each kind of checkpoint
+            converted = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
+            converted.load_state_dict(stacks.state_dict())
+            restored = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
+            restored.load_state_dict(frames.state_dict())
+        expected = stacks.sample(16, torch.Generator().manual_seed(t), batches=2)
+        for buffer in (frames, converted, restored):
+            if buffer is not None:
+                got = buffer.sample(16, torch.Generator().manual_seed(t), batches=2)
+                for name, a, b in zip(expected._fields, expected, got, strict=True):
+                    assert torch.equal(a, b), (name, t)
+    state = frames.state_dict()
+    assert "obs" not in state and state["frames"].shape == (capacity + 3 * n, 2, 3)
+
+
+def test_the_frame_buffer_refuses_observations_that_are_not_frame_stacks():
+    space = gym.spaces.Box(0, 255, (4, 2, 3), np.uint8)
+    frames = FrameReplayBuffer(8, layout(space), 1, (), True, torch.device("cpu"))
+    obs = torch.arange(24, dtype=torch.uint8).reshape(1, 4, 2, 3)  # four different frames
+    with pytest.raises(ValueError, match=r"neither its previous one shifted .* repeated 4 times"):
+        frames.add(obs, obs, torch.zeros(1, dtype=torch.long), np.zeros(1), np.zeros(1, bool),
+                   np.zeros(1, bool))  # fmt: skip
+    assert frames.size == 0 and frames.added == 0
 
 
 def test_a_replay_buffer_larger_than_memory_is_refused_before_anything_is_written(tmp_path):

@@ -73,10 +73,14 @@ def resolve_plan(config: TrainConfig, world: World | None = None) -> Plan:
         check_normalizable(config.env_id, observation_space)
     buffer_size = getattr(hp, "buffer_size", None)
     if buffer_size is not None:
+        from rl_training.runtime.environments import is_atari
         from rl_training.runtime.spaces import check_replay_fits
 
         num_envs = getattr(hp, "num_envs", 1)
-        check_replay_fits(buffer_size, observation_space, action_space, num_envs, device)
+        check_replay_fits(
+            buffer_size, observation_space, action_space, num_envs, device,
+            frame_stacked=is_atari(config.env_id),  # Atari's frames each once
+        )  # fmt: skip
     if config.video_every and world.is_writer:
         check_renders(config.env_id)
     return Plan(

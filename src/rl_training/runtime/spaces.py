@@ -185,15 +185,25 @@ def check_normalizable(env_id: str, space: gym.Space[Any]) -> None:
 
 
 def replay_memory(
-    capacity: int, obs: ObsLayout, num_envs: int, action_shape: tuple[int, ...]
+    capacity: int,
+    obs: ObsLayout,
+    num_envs: int,
+    action_shape: tuple[int, ...],
+    *,
+    frame_stacked: bool = False,
 ) -> int:
     """Bytes a replay buffer of ``capacity`` transitions takes (what
     ``rl_training.trainers.buffers.replay_buffer`` allocates)."""
     action = 4 * math.prod(action_shape) if action_shape else 8
     per_row = action + 12
     if obs.dtype == "uint8":
-        uint8_row = obs.nbytes + 8 + obs.nbytes / 16  # obs, side_row, side store
-        return int(capacity * (per_row + uint8_row) + num_envs * obs.nbytes * 2)
+        side = obs.nbytes / 16 + 8  # the side store (a 16th of the rows), side_row
+        fixed = num_envs * obs.nbytes * 2
+        if frame_stacked:  # a frame and its flag per row, and the oldest rows' history
+            frame = obs.nbytes // obs.shape[0]
+            fixed += (obs.shape[0] - 1) * num_envs * (frame + 1)
+            return int(capacity * (per_row + frame + 1 + side) + fixed)
+        return int(capacity * (per_row + obs.nbytes + side) + fixed)
     return int(capacity * (per_row + 2 * obs.nbytes))
 
 
@@ -224,6 +234,8 @@ def check_replay_fits(
     action_space: Any,
     num_envs: int,
     device: Any,
+    *,
+    frame_stacked: bool = False,
 ) -> None:
     """Refuse, before anything is allocated or written, a replay buffer larger than
     the memory available on ``device``.
@@ -235,11 +247,14 @@ def check_replay_fits(
     found = layout(observation_space)
     shape = tuple(getattr(action_space, "shape", None) or ())
     action_shape = (math.prod(shape),) if shape else ()
-    need = replay_memory(buffer_size, found, num_envs, action_shape)
+    need = replay_memory(buffer_size, found, num_envs, action_shape, frame_stacked=frame_stacked)
     available = available_memory(device)
     if need <= available:
         return
-    per_row = replay_memory(1_000_000, found, num_envs, action_shape) / 1_000_000
+    per_row = (
+        replay_memory(1_000_000, found, num_envs, action_shape, frame_stacked=frame_stacked)
+        / 1_000_000
+    )
     fits = max(int(available / per_row) - num_envs, 0)
     gib = 2**30
     what = f"{'x'.join(map(str, found.shape))} {found.dtype}"

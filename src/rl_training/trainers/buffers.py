@@ -257,12 +257,16 @@ class ReplayBuffer:
         idx = torch.randint(0, self.size, shape, generator=generator, device=self.device)
         scalars = self.scalars[idx]
         return ReplayBatch(
-            obs=self.obs[idx],
+            obs=self._obs_at(idx),
             actions=self.actions[idx],
             rewards=scalars[..., 0],
             next_obs=self._next_obs(idx),
             terminations=scalars[..., 1],
         )
+
+    def _obs_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """The observations of the transitions at rows ``idx``."""
+        return self.obs[idx]
 
     def _next_obs(self, idx: torch.Tensor) -> torch.Tensor:
         """The next observations of the transitions at rows ``idx``."""
@@ -299,7 +303,7 @@ class ImageReplayBuffer(ReplayBuffer):
     ) -> None:
         self._allocate(capacity, action_shape, discrete, device)
         self.num_envs = num_envs
-        self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=device)
+        self._allocate_obs(capacity, obs)
         self.finals_kept = capacity // 16 + num_envs
         """Truncated transitions whose final observations are kept at once."""
         #: Final observations (``finals_kept`` rows), then the newest rows' next ones.
@@ -312,6 +316,18 @@ class ImageReplayBuffer(ReplayBuffer):
         self.next_side = 0
         """The side row the next truncation takes."""
         self._host = None
+
+    def _allocate_obs(self, capacity: int, obs: ObsLayout) -> None:
+        self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=self.device)
+
+    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
+        self.obs[rows] = obs
+
+    def _obs_state(self) -> dict[str, Any]:
+        return {"obs": filled_rows(self.obs, self.size)}
+
+    def _load_obs_state(self, state: Mapping[str, Any]) -> None:
+        self.obs[: int(state["size"])] = state["obs"]
 
     def add(
         self,
@@ -334,7 +350,7 @@ class ImageReplayBuffer(ReplayBuffer):
         old = self.side_row[rows]
         kept = (old >= 0) & (old < self.finals_kept)
         self.side_owner[old[kept]] = -1
-        self.obs[rows] = obs
+        self._store_obs(rows, obs)
         self.actions[rows] = actions
         scalars = np.stack([rewards, terminated, truncated], axis=1).astype(np.float32)
         side = torch.arange(self.finals_kept, self.finals_kept + n)
@@ -358,7 +374,7 @@ class ImageReplayBuffer(ReplayBuffer):
         """Every stored tensor (views, as :meth:`ReplayBuffer.state_dict`) and the
         positions."""
         return {
-            "obs": filled_rows(self.obs, self.size),
+            **self._obs_state(),
             "actions": filled_rows(self.actions, self.size),
             "scalars": filled_rows(self.scalars, self.size),
             "side": self.side,
@@ -384,7 +400,8 @@ class ImageReplayBuffer(ReplayBuffer):
                 f"and {tuple(self.side.shape)}"
             )
         with torch.no_grad():
-            for name in ("obs", "actions", "scalars", "side_row"):
+            self._load_obs_state(state)
+            for name in ("actions", "scalars", "side_row"):
                 getattr(self, name)[:size] = state[name]
             self.side.copy_(state["side"])
             self.side_owner.copy_(state["side_owner"])
@@ -394,10 +411,145 @@ class ImageReplayBuffer(ReplayBuffer):
     def _next_obs(self, idx: torch.Tensor) -> torch.Tensor:
         """The next rows of the same environment, or the side store's."""
         side = self.side_row[idx]
-        aside = (side >= 0).reshape(*idx.shape, *([1] * (self.obs.dim() - 1)))
+        aside = (side >= 0).reshape(*idx.shape, *([1] * (self.side.dim() - 1)))
         return torch.where(
-            aside, self.side[side.clamp(min=0)], self.obs[(idx + self.num_envs) % self.capacity]
+            aside, self.side[side.clamp(min=0)], self._obs_at((idx + self.num_envs) % self.capacity)
         )
+
+
+class FrameReplayBuffer(ImageReplayBuffer):
+    """An :class:`ImageReplayBuffer` of frame-stacked observations (Atari's 4 x 84 x 84)
+    that keeps each frame once: a quarter of its memory and of its checkpoints.
+
+    An observation of ``k`` stacked frames (stacked on its first axis) is either the
+    same environment's previous one shifted by a new frame, or, at an episode's
+    start, one frame repeated ``k`` times (gymnasium's ``FrameStackObservation``
+    pads with the reset frame). So a row keeps its newest frame and whether it is a
+    shift; its stack is rebuilt from the rows before it of the same environment. The
+    frames live in a ring of ``capacity + (k - 1) * num_envs`` slots, so the frames a
+    kept row's stack reaches back to are never overwritten before the row itself.
+    Each observation is checked as it is added; one that is neither (not a stack of
+    this kind) raises ``ValueError``. Samples and their order are those of
+    :class:`ImageReplayBuffer`.
+    """
+
+    def _allocate_obs(self, capacity: int, obs: ObsLayout) -> None:
+        self.stack = obs.shape[0]
+        """Frames in an observation."""
+        self.frame_capacity = capacity + (self.stack - 1) * self.num_envs
+        self.frames = torch.zeros(
+            (self.frame_capacity, *obs.shape[1:]), dtype=obs.torch_dtype, device=self.device
+        )
+        #: Per frame slot: its observation is the previous one of its env, shifted.
+        self.shifted = torch.zeros(self.frame_capacity, dtype=torch.bool, device=self.device)
+        self.added = 0
+        """Rows added so far: row ``g`` (counting from the first) has frame slot
+        ``g % frame_capacity``."""
+        self._shifted = torch.zeros(0, dtype=torch.bool, device=self.device)
+        """The rows being added: :meth:`_shifts`."""
+
+    def _stacks(self, slots: torch.Tensor) -> torch.Tensor:
+        """The observations whose newest frames are at ``slots``, ``(*slots.shape, k, ...)``."""
+        back = [slots]
+        for _ in range(self.stack - 1):
+            earlier = back[0]
+            before = (earlier - self.num_envs) % self.frame_capacity
+            back.insert(0, torch.where(self.shifted[earlier], before, earlier))
+        return self.frames[torch.stack(back, dim=-1)]
+
+    def _obs_at(self, idx: torch.Tensor) -> torch.Tensor:
+        # the row's count: the newest one congruent to it modulo the capacity
+        count = self.added - 1 - (self.pos - 1 - idx) % self.capacity
+        return self._stacks(count % self.frame_capacity)
+
+    def _shifts(self, obs: torch.Tensor) -> torch.Tensor:
+        """Per environment: whether ``obs`` is its previous observation shifted by a
+        frame (else it is one frame repeated).
+
+        Raises:
+            ValueError: it is neither.
+        """
+        n = obs.shape[0]
+        repeated = (obs[:, :-1] == obs[:, -1:]).flatten(1).all(1)
+        if self.added >= n:
+            counts = torch.arange(self.added - n, self.added, device=self.device)
+            previous = self._stacks(counts % self.frame_capacity)
+            shifted = (obs[:, :-1] == previous[:, 1:]).flatten(1).all(1) & ~repeated
+        else:
+            shifted = torch.zeros_like(repeated)
+        if not bool((repeated | shifted).all()):
+            raise ValueError(
+                f"a frame-stacked replay buffer got an observation of shape "
+                f"{tuple(obs.shape[1:])} that is neither its previous one shifted by a "
+                f"frame nor one frame repeated {self.stack} times"
+            )
+        return shifted
+
+    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
+        slots = torch.arange(self.added, self.added + obs.shape[0], device=self.device)
+        slots %= self.frame_capacity
+        self.frames[slots] = obs[:, -1]
+        self.shifted[slots] = self._shifted
+
+    def add(
+        self,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        actions: torch.Tensor,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> None:
+        """:meth:`ImageReplayBuffer.add`; an observation that is not a frame stack of
+        this kind raises ``ValueError`` before anything is stored."""
+        self._shifted = self._shifts(obs)
+        super().add(obs, next_obs, actions, rewards, terminated, truncated)
+        self.added += obs.shape[0]
+
+    def _obs_state(self) -> dict[str, Any]:
+        filled = min(self.added, self.frame_capacity)
+        return {
+            "frames": filled_rows(self.frames, filled),
+            "shifted": filled_rows(self.shifted, filled),
+            "added": self.added,
+        }
+
+    def _load_obs_state(self, state: Mapping[str, Any]) -> None:
+        if "frames" in state:
+            filled = state["frames"].shape[0]
+            self.frames[:filled] = state["frames"]
+            self.shifted[:filled] = state["shifted"]
+            self.added = int(state["added"])
+        else:  # a checkpoint of whole stacks (ImageReplayBuffer's), written before
+            self._load_stacks(state["obs"], int(state["pos"]))
+
+    def _load_stacks(self, stacks: torch.Tensor, pos: int) -> None:
+        """Take the rows of an :class:`ImageReplayBuffer` state (``stacks``, its
+        ``obs``, and its ``pos``) as frames: the oldest row of each environment
+        brings its earlier frames along into the slots before it."""
+        size, n, k = stacks.shape[0], self.num_envs, self.stack
+        self.added = size + (pos - size) % self.capacity  # congruent to pos
+        counts = torch.arange(self.added - size, self.added, device=self.device)
+        for start in range(0, size, 4096):  # in chunks: comparisons of whole stacks
+            chunk = counts[start : start + 4096]
+            obs = stacks[chunk % self.capacity]
+            slots = chunk % self.frame_capacity
+            self.frames[slots] = obs[:, -1]
+            if start == 0:
+                oldest = slice(0, min(n, size))
+                for back in range(1, k):
+                    before = (slots[oldest] - back * n) % self.frame_capacity
+                    self.frames[before] = obs[oldest, k - 1 - back]
+                    self.shifted[before] = back < k - 1
+                self.shifted[slots[oldest]] = True
+            later = chunk >= self.added - size + n  # rows with an earlier one kept
+            earlier = stacks[(chunk[later] - n) % self.capacity]
+            self.shifted[slots[later]] = (obs[later, :-1] == earlier[:, 1:]).flatten(1).all(1)
+            repeated = (obs[later, :-1] == obs[later, -1:]).flatten(1).all(1)
+            if not bool((self.shifted[slots[later]] | repeated).all()):
+                raise ValueError(
+                    "replay buffer state holds observations that are not stacks of frames"
+                )
 
 
 def filled_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
@@ -420,9 +572,14 @@ def replay_buffer(
     action_shape: tuple[int, ...],
     discrete: bool,
     device: torch.device,
+    *,
+    frame_stacked: bool = False,
 ) -> ReplayBuffer:
-    """The replay buffer for ``obs``: :class:`ImageReplayBuffer` for ``uint8``
-    observations, else :class:`ReplayBuffer`."""
+    """The replay buffer for ``obs``: :class:`FrameReplayBuffer` for ``frame_stacked``
+    images, :class:`ImageReplayBuffer` for other ``uint8`` observations, else
+    :class:`ReplayBuffer`."""
+    if frame_stacked:
+        return FrameReplayBuffer(capacity, obs, num_envs, action_shape, discrete, device)
     if obs.dtype == "uint8":
         return ImageReplayBuffer(capacity, obs, num_envs, action_shape, discrete, device)
     return ReplayBuffer(capacity, obs.size, action_shape, discrete, device)

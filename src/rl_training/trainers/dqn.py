@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rl_training.hyperparams import DQNHyperparams
+from rl_training.runtime.environments import is_atari
 from rl_training.trainers.buffers import replay_buffer
 from rl_training.trainers.checkpoint import SavedModel
 from rl_training.trainers.envs import discrete_space
@@ -85,7 +86,11 @@ class DQNTrainer:
         self.q_target = copy.deepcopy(self.q_net)
         self.optimizer = FlatOptimizer([self.q_net], "adam", lr=hp.learning_rate)
         self.target_params = flatten_parameters([self.q_target], with_grad=False)
-        self.buffer = replay_buffer(hp.buffer_size, obs, hp.num_envs, (), True, device)
+        # Atari's stacked frames each once (FrameReplayBuffer)
+        frame_stacked = is_atari(session.plan.config.env_id)
+        self.buffer = replay_buffer(
+            hp.buffer_size, obs, hp.num_envs, (), True, device, frame_stacked=frame_stacked
+        )
         self.n_updates = 0
         self.train_values: dict[str, Any] = {}
         # Minibatches drawn together, their targets in one forward of the target network:
