@@ -343,25 +343,27 @@ def test_the_frame_buffer_samples_what_the_image_buffer_would(capacity, n):
     cpu, space = torch.device("cpu"), gym.spaces.Box(0, 255, (4, 2, 3), np.uint8)
     stacks = ImageReplayBuffer(capacity, layout(space), n, (), True, cpu)
     frames = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
-    converted = restored = None
+    loaded: list[FrameReplayBuffer] = []
+
+    def load(state):
+        buffer = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
+        buffer.load_state_dict(state)
+        return buffer
+
     rng = np.random.default_rng(0)
     for t, (obs, next_obs, *rest) in enumerate(_stacked_transitions(rng, 120, n, 4, (2, 3))):
         args = (torch.from_numpy(obs), torch.from_numpy(next_obs), torch.from_numpy(rest[0]),
                 *rest[1:])  # fmt: skip
-        for buffer in (stacks, frames, converted, restored):
-            if buffer is not None:
-                buffer.add(*args)
-        if t == 60:  # from here on, also one loaded from each kind of checkpoint
-            converted = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
-            converted.load_state_dict(stacks.state_dict())
-            restored = FrameReplayBuffer(capacity, layout(space), n, (), True, cpu)
-            restored.load_state_dict(frames.state_dict())
+        for buffer in (stacks, frames, *loaded):
+            buffer.add(*args)
+        if t in (3, 60):  # from here on, also those loaded from each kind of checkpoint
+            converted = load(stacks.state_dict())
+            loaded += [converted, load(frames.state_dict()), load(converted.state_dict())]
         expected = stacks.sample(16, torch.Generator().manual_seed(t), batches=2)
-        for buffer in (frames, converted, restored):
-            if buffer is not None:
-                got = buffer.sample(16, torch.Generator().manual_seed(t), batches=2)
-                for name, a, b in zip(expected._fields, expected, got, strict=True):
-                    assert torch.equal(a, b), (name, t)
+        for buffer in (frames, *loaded):
+            got = buffer.sample(16, torch.Generator().manual_seed(t), batches=2)
+            for name, a, b in zip(expected._fields, expected, got, strict=True):
+                assert torch.equal(a, b), (name, t)
     state = frames.state_dict()
     assert "obs" not in state and state["frames"].shape == (capacity + 3 * n, 2, 3)
 

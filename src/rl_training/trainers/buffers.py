@@ -320,6 +320,9 @@ class ImageReplayBuffer(ReplayBuffer):
     def _allocate_obs(self, capacity: int, obs: ObsLayout) -> None:
         self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=self.device)
 
+    def _check_obs(self, obs: torch.Tensor) -> None:
+        """Refuse observations this buffer cannot keep, before anything is stored."""
+
     def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
         self.obs[rows] = obs
 
@@ -339,6 +342,7 @@ class ImageReplayBuffer(ReplayBuffer):
         truncated: np.ndarray,
     ) -> None:
         """Append one vector step (one row per environment, ``num_envs`` rows)."""
+        self._check_obs(obs)
         n, cap = obs.shape[0], self.capacity
         rows = torch.arange(self.pos, self.pos + n, device=self.device) % cap
         # The rows written before these now have their successors: forget their
@@ -443,10 +447,10 @@ class FrameReplayBuffer(ImageReplayBuffer):
         #: Per frame slot: its observation is the previous one of its env, shifted.
         self.shifted = torch.zeros(self.frame_capacity, dtype=torch.bool, device=self.device)
         self.added = 0
-        """Rows added so far: row ``g`` (counting from the first) has frame slot
-        ``g % frame_capacity``."""
+        """Rows counted so far: the row counted ``c`` has frame slot
+        ``c % frame_capacity``, the newest row (at ``pos - 1``) is counted ``added - 1``."""
         self._shifted = torch.zeros(0, dtype=torch.bool, device=self.device)
-        """The rows being added: :meth:`_shifts`."""
+        """The rows being added: :meth:`_check_obs`."""
 
     def _stacks(self, slots: torch.Tensor) -> torch.Tensor:
         """The observations whose newest frames are at ``slots``, ``(*slots.shape, k, ...)``."""
@@ -462,12 +466,12 @@ class FrameReplayBuffer(ImageReplayBuffer):
         count = self.added - 1 - (self.pos - 1 - idx) % self.capacity
         return self._stacks(count % self.frame_capacity)
 
-    def _shifts(self, obs: torch.Tensor) -> torch.Tensor:
-        """Per environment: whether ``obs`` is its previous observation shifted by a
-        frame (else it is one frame repeated).
+    def _check_obs(self, obs: torch.Tensor) -> None:
+        """Per environment, into :attr:`_shifted`: whether ``obs`` is its previous
+        observation shifted by a frame (else it is one frame repeated).
 
         Raises:
-            ValueError: it is neither.
+            ValueError: it is neither (before anything is stored).
         """
         n = obs.shape[0]
         repeated = (obs[:, :-1] == obs[:, -1:]).flatten(1).all(1)
@@ -483,27 +487,13 @@ class FrameReplayBuffer(ImageReplayBuffer):
                 f"{tuple(obs.shape[1:])} that is neither its previous one shifted by a "
                 f"frame nor one frame repeated {self.stack} times"
             )
-        return shifted
+        self._shifted = shifted
 
     def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
         slots = torch.arange(self.added, self.added + obs.shape[0], device=self.device)
         slots %= self.frame_capacity
         self.frames[slots] = obs[:, -1]
         self.shifted[slots] = self._shifted
-
-    def add(
-        self,
-        obs: torch.Tensor,
-        next_obs: torch.Tensor,
-        actions: torch.Tensor,
-        rewards: np.ndarray,
-        terminated: np.ndarray,
-        truncated: np.ndarray,
-    ) -> None:
-        """:meth:`ImageReplayBuffer.add`; an observation that is not a frame stack of
-        this kind raises ``ValueError`` before anything is stored."""
-        self._shifted = self._shifts(obs)
-        super().add(obs, next_obs, actions, rewards, terminated, truncated)
         self.added += obs.shape[0]
 
     def _obs_state(self) -> dict[str, Any]:
@@ -526,13 +516,13 @@ class FrameReplayBuffer(ImageReplayBuffer):
     def _load_stacks(self, stacks: torch.Tensor, pos: int) -> None:
         """Take the rows of an :class:`ImageReplayBuffer` state (``stacks``, its
         ``obs``, and its ``pos``) as frames: the oldest row of each environment
-        brings its earlier frames along into the slots before it."""
+        brings its earlier frames along, into the slots before it."""
         size, n, k = stacks.shape[0], self.num_envs, self.stack
-        self.added = size + (pos - size) % self.capacity  # congruent to pos
+        self.added = size + (k - 1) * n  # the earlier frames at counts from 0 on
         counts = torch.arange(self.added - size, self.added, device=self.device)
         for start in range(0, size, 4096):  # in chunks: comparisons of whole stacks
             chunk = counts[start : start + 4096]
-            obs = stacks[chunk % self.capacity]
+            obs = stacks[(chunk - self.added + pos) % self.capacity]
             slots = chunk % self.frame_capacity
             self.frames[slots] = obs[:, -1]
             if start == 0:
@@ -543,14 +533,13 @@ class FrameReplayBuffer(ImageReplayBuffer):
                     self.shifted[before] = back < k - 1
                 self.shifted[slots[oldest]] = True
             later = chunk >= self.added - size + n  # rows with an earlier one kept
-            earlier = stacks[(chunk[later] - n) % self.capacity]
+            earlier = stacks[(chunk[later] - n - self.added + pos) % self.capacity]
             self.shifted[slots[later]] = (obs[later, :-1] == earlier[:, 1:]).flatten(1).all(1)
             repeated = (obs[later, :-1] == obs[later, -1:]).flatten(1).all(1)
             if not bool((self.shifted[slots[later]] | repeated).all()):
                 raise ValueError(
                     "replay buffer state holds observations that are not stacks of frames"
                 )
-
 
 def filled_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` rows of a contiguous ``tensor``, sharing its memory, on a storage
