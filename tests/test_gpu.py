@@ -21,7 +21,7 @@ from rl_training import TrainConfig
 from rl_training.runtime.plan import resolve_plan
 from rl_training.testing import read_jsonl
 from rl_training.trainers import load_policy, resume, train
-from rl_training.trainers.buffers import ImageReplayBuffer
+from rl_training.trainers.buffers import FrameReplayBuffer, ImageReplayBuffer
 from rl_training.trainers.observations import layout
 
 sys.path.insert(0, str(Path(__file__).parent / "support"))
@@ -97,6 +97,37 @@ def test_a_run_checkpointed_on_cuda_resumes_there_and_on_the_cpu(tmp_path):
     assert resume(run_dir, total_timesteps=400, device="cpu").steps == 400
     steps = [row["step"] for row in read_jsonl(run_dir / "metrics.jsonl") if "step" in row]
     assert steps == sorted(steps) and steps[-1] == 400
+
+
+def test_the_frame_buffer_keeps_and_rebuilds_its_stacks_on_the_gpu():
+    """Atari's replay buffer on CUDA: frames, flags and indices there; the same samples
+    as whole stacks; a CPU checkpoint of whole stacks taken in."""
+    cuda, space = torch.device("cuda"), gym.spaces.Box(0, 255, (4, 3, 3), np.uint8)
+    stacks = ImageReplayBuffer(20, layout(space), 2, (), True, cuda)
+    frames = FrameReplayBuffer(20, layout(space), 2, (), True, cuda)
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randint(0, 255, (2, 1, 3, 3), dtype=torch.uint8, generator=gen).repeat(1, 4, 1, 1)
+    for t in range(30):
+        new = torch.randint(0, 255, (2, 1, 3, 3), dtype=torch.uint8, generator=gen)
+        next_obs = torch.cat([obs[:, 1:], new], dim=1)
+        ended = np.array([t % 7 == 6, False])
+        args = (obs.to(cuda), next_obs.to(cuda), torch.zeros(2, dtype=torch.long, device=cuda),
+                np.ones(2), ended, np.zeros(2, dtype=bool))  # fmt: skip
+        stacks.add(*args)
+        frames.add(*args)
+        obs = torch.where(torch.from_numpy(ended)[:, None, None, None], new.repeat(1, 4, 1, 1),
+                          next_obs)  # fmt: skip
+    assert frames.frames.device.type == "cuda" and frames.frames.dtype == torch.uint8
+    state = {
+        k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in stacks.state_dict().items()
+    }
+    converted = FrameReplayBuffer(20, layout(space), 2, (), True, cuda)
+    converted.load_state_dict(state)
+    expected = stacks.sample(16, torch.Generator(cuda).manual_seed(1))
+    for buffer in (frames, converted):
+        got = buffer.sample(16, torch.Generator(cuda).manual_seed(1))
+        for a, b in zip(expected, got, strict=True):
+            assert b.device.type == "cuda" and torch.equal(a, b)
 
 
 def test_pixels_stay_uint8_until_the_network(tmp_path):

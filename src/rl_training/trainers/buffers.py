@@ -516,30 +516,39 @@ class FrameReplayBuffer(ImageReplayBuffer):
     def _load_stacks(self, stacks: torch.Tensor, pos: int) -> None:
         """Take the rows of an :class:`ImageReplayBuffer` state (``stacks``, its
         ``obs``, and its ``pos``) as frames: the oldest row of each environment
-        brings its earlier frames along, into the slots before it."""
+        brings its earlier frames along, into the slots before it. Compared where
+        ``stacks`` are (a checkpoint loaded on the CPU), stored on this buffer's device.
+        """
         size, n, k = stacks.shape[0], self.num_envs, self.stack
         self.added = size + (k - 1) * n  # the earlier frames at counts from 0 on
-        counts = torch.arange(self.added - size, self.added, device=self.device)
+
+        def put(counts: torch.Tensor, frames: torch.Tensor, shifted: torch.Tensor) -> None:
+            slots = (counts % self.frame_capacity).to(self.device)
+            self.frames[slots] = frames.to(self.device)
+            self.shifted[slots] = shifted.to(self.device)
+
+        def rows(counts: torch.Tensor) -> torch.Tensor:  # the newest count is at pos - 1
+            return (counts - self.added + pos) % self.capacity
+
+        counts = torch.arange(self.added - size, self.added, device=stacks.device)
         for start in range(0, size, 4096):  # in chunks: comparisons of whole stacks
             chunk = counts[start : start + 4096]
-            obs = stacks[(chunk - self.added + pos) % self.capacity]
-            slots = chunk % self.frame_capacity
-            self.frames[slots] = obs[:, -1]
-            if start == 0:
+            obs = stacks[rows(chunk)]
+            earlier = stacks[rows(chunk - n) % size]  # (the oldest rows': not theirs)
+            shifted = (obs[:, :-1] == earlier[:, 1:]).flatten(1).all(1)
+            repeated = (obs[:, :-1] == obs[:, -1:]).flatten(1).all(1)
+            if start == 0:  # the oldest rows: their earlier frames before them
                 oldest = slice(0, min(n, size))
+                shifted[oldest] = True
                 for back in range(1, k):
-                    before = (slots[oldest] - back * n) % self.frame_capacity
-                    self.frames[before] = obs[oldest, k - 1 - back]
-                    self.shifted[before] = back < k - 1
-                self.shifted[slots[oldest]] = True
-            later = chunk >= self.added - size + n  # rows with an earlier one kept
-            earlier = stacks[(chunk[later] - n - self.added + pos) % self.capacity]
-            self.shifted[slots[later]] = (obs[later, :-1] == earlier[:, 1:]).flatten(1).all(1)
-            repeated = (obs[later, :-1] == obs[later, -1:]).flatten(1).all(1)
-            if not bool((self.shifted[slots[later]] | repeated).all()):
+                    put(chunk[oldest] - back * n, obs[oldest, k - 1 - back],
+                        torch.full_like(shifted[oldest], back < k - 1))  # fmt: skip
+            if not bool((shifted | repeated).all()):
                 raise ValueError(
                     "replay buffer state holds observations that are not stacks of frames"
                 )
+            put(chunk, obs[:, -1], shifted)
+
 
 def filled_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     """The first ``n`` rows of a contiguous ``tensor``, sharing its memory, on a storage
