@@ -451,6 +451,9 @@ class FrameReplayBuffer(ImageReplayBuffer):
         ``c % frame_capacity``, the newest row (at ``pos - 1``) is counted ``added - 1``."""
         self._shifted = torch.zeros(0, dtype=torch.bool, device=self.device)
         """The rows being added: :meth:`_check_obs`."""
+        self._last = torch.zeros((self.num_envs, *obs.shape), dtype=obs.torch_dtype,
+                                 device=self.device)  # fmt: skip
+        """The newest observation of each environment (once ``added``)."""
 
     def _stacks(self, slots: torch.Tensor) -> torch.Tensor:
         """The observations whose newest frames are at ``slots``, ``(*slots.shape, k, ...)``."""
@@ -473,27 +476,26 @@ class FrameReplayBuffer(ImageReplayBuffer):
         Raises:
             ValueError: it is neither (before anything is stored).
         """
-        n = obs.shape[0]
-        repeated = (obs[:, :-1] == obs[:, -1:]).flatten(1).all(1)
-        if self.added >= n:
-            counts = torch.arange(self.added - n, self.added, device=self.device)
-            previous = self._stacks(counts % self.frame_capacity)
-            shifted = (obs[:, :-1] == previous[:, 1:]).flatten(1).all(1) & ~repeated
-        else:
-            shifted = torch.zeros_like(repeated)
-        if not bool((repeated | shifted).all()):
-            raise ValueError(
-                f"a frame-stacked replay buffer got an observation of shape "
-                f"{tuple(obs.shape[1:])} that is neither its previous one shifted by a "
-                f"frame nor one frame repeated {self.stack} times"
-            )
-        self._shifted = shifted
+        shifted = []  # per environment: torch.equal, ~5 us, a fifth of a vectorised test
+        for i, stack in enumerate(obs):
+            shift = self.added > 0 and torch.equal(stack[:-1], self._last[i, 1:])
+            if not shift and not all(torch.equal(frame, stack[-1]) for frame in stack[:-1]):
+                raise ValueError(
+                    f"a frame-stacked replay buffer got an observation of shape "
+                    f"{tuple(obs.shape[1:])} that is neither its previous one shifted by a "
+                    f"frame nor one frame repeated {self.stack} times"
+                )
+            shifted.append(shift)
+        self._shifted = torch.tensor(shifted, device=self.device)
 
     def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
-        slots = torch.arange(self.added, self.added + obs.shape[0], device=self.device)
-        slots %= self.frame_capacity
+        start, n = self.added % self.frame_capacity, obs.shape[0]
+        slots: slice | torch.Tensor = slice(start, start + n)  # a copy, not an index_put
+        if start + n > self.frame_capacity:  # around the ring's end
+            slots = torch.arange(start, start + n, device=self.device) % self.frame_capacity
         self.frames[slots] = obs[:, -1]
         self.shifted[slots] = self._shifted
+        self._last.copy_(obs)
         self.added += obs.shape[0]
 
     def _obs_state(self) -> dict[str, Any]:
@@ -512,6 +514,9 @@ class FrameReplayBuffer(ImageReplayBuffer):
             self.added = int(state["added"])
         else:  # a checkpoint of whole stacks (ImageReplayBuffer's), written before
             self._load_stacks(state["obs"], int(state["pos"]))
+        if self.added:
+            newest = torch.arange(self.added - self.num_envs, self.added, device=self.device)
+            self._last.copy_(self._stacks(newest % self.frame_capacity))
 
     def _load_stacks(self, stacks: torch.Tensor, pos: int) -> None:
         """Take the rows of an :class:`ImageReplayBuffer` state (``stacks``, its
