@@ -281,13 +281,25 @@ def test_the_image_buffer_samples_what_a_plain_one_would(capacity, n):
         )
         for name in ("actions", "rewards", "terminations"):
             torch.testing.assert_close(getattr(b, name), getattr(a, name))
-    restored = ImageReplayBuffer(capacity, layout(gym.spaces.Box(0, 255, (1, 2, 3), np.uint8)),
-                                 n, (), True, cpu)  # fmt: skip
-    restored.load_state_dict(images.state_dict())
-    a = images.sample(32, torch.Generator().manual_seed(2))
-    b = restored.sample(32, torch.Generator().manual_seed(2))
-    for x, y in zip(a, b, strict=True):
-        torch.testing.assert_close(x, y)
+    state = images.state_dict()
+    # the side store saved in two parts: the finals rows still refer to, the newest rows'
+    kept = len(state["side_finals"])
+    assert kept <= images.finals_kept and (images.side_owner[kept:] < 0).all()
+    assert state["side_newest"].shape == (n, 1, 2, 3)
+    side = torch.zeros_like(images.side)  # as written before the two parts: the whole store
+    side[: len(state["side_finals"])] = state["side_finals"]
+    side[images.finals_kept :] = state["side_newest"]
+    legacy = {k: v for k, v in state.items() if not k.startswith("side_")}
+    legacy.update(side=side, side_row=state["side_row"], side_owner=state["side_owner"])
+    for saved in (state, legacy):
+        restored = ImageReplayBuffer(
+            capacity, layout(gym.spaces.Box(0, 255, (1, 2, 3), np.uint8)), n, (), True, cpu
+        )
+        restored.load_state_dict(saved)
+        a = images.sample(32, torch.Generator().manual_seed(2))
+        b = restored.sample(32, torch.Generator().manual_seed(2))
+        for x, y in zip(a, b, strict=True):
+            torch.testing.assert_close(x, y)
 
 
 def test_truncations_beyond_the_side_store_are_learned_as_terminations():

@@ -381,7 +381,9 @@ class ImageReplayBuffer(ReplayBuffer):
             **self._obs_state(),
             "actions": filled_rows(self.actions, self.size),
             "scalars": filled_rows(self.scalars, self.size),
-            "side": self.side,
+            # the final observations that rows still refer to, and the newest rows' next
+            "side_finals": filled_rows(self.side, self._finals_in_use()),
+            "side_newest": stored_rows(self.side, self.finals_kept, len(self.side)),
             "side_row": filled_rows(self.side_row, self.size),
             "side_owner": self.side_owner,
             "next_side": self.next_side,
@@ -397,20 +399,29 @@ class ImageReplayBuffer(ReplayBuffer):
                 another number of environments.
         """
         size = int(state["size"])
-        if size > self.capacity or state["side"].shape != self.side.shape:
+        if "side" in state:  # written before the side store was saved in its two parts
+            finals, newest = state["side"][: self.finals_kept], state["side"][self.finals_kept :]
+        else:
+            finals, newest = state["side_finals"], state["side_newest"]
+        if size > self.capacity or newest.shape != self.side[self.finals_kept :].shape:
             raise ValueError(
-                f"replay buffer state holds {size} transitions of "
-                f"{tuple(state['side'].shape)} side rows; this buffer takes {self.capacity} "
-                f"and {tuple(self.side.shape)}"
+                f"replay buffer state holds {size} transitions of {newest.shape[0]} "
+                f"environments; this buffer takes {self.capacity} of {self.num_envs}"
             )
         with torch.no_grad():
             self._load_obs_state(state)
             for name in ("actions", "scalars", "side_row"):
                 getattr(self, name)[:size] = state[name]
-            self.side.copy_(state["side"])
+            self.side[: len(finals)] = finals
+            self.side[self.finals_kept :] = newest
             self.side_owner.copy_(state["side_owner"])
         self.next_side = int(state["next_side"])
         self.pos, self.size = int(state["pos"]), size
+
+    def _finals_in_use(self) -> int:
+        """Side rows up to the last final observation a row still refers to."""
+        owned = torch.nonzero(self.side_owner >= 0)
+        return int(owned.max()) + 1 if len(owned) else 0
 
     def _next_obs(self, idx: torch.Tensor) -> torch.Tensor:
         """The next rows of the same environment, or the side store's."""
@@ -560,11 +571,16 @@ def filled_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     of their own: ``torch.save`` writes a tensor's whole storage, so a plain slice
     would write the empty rows too, and a copy (``clone``) would double the memory a
     checkpoint of a large replay buffer needs (an Atari DQN's: gigabytes)."""
+    return stored_rows(tensor, 0, n)
+
+
+def stored_rows(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of a contiguous ``tensor``, as :func:`filled_rows`."""
     assert tensor.is_contiguous() and tensor.storage_offset() == 0
     row_bytes = tensor[0].nbytes if len(tensor) else 0
-    storage: torch.UntypedStorage = tensor.untyped_storage()[: n * row_bytes]
+    storage: torch.UntypedStorage = tensor.untyped_storage()[start * row_bytes : stop * row_bytes]
     view = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
-    view.set_(storage, 0, (n, *tensor.shape[1:]), tensor.stride())
+    view.set_(storage, 0, (stop - start, *tensor.shape[1:]), tensor.stride())
     return view
 
 
