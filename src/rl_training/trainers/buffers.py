@@ -320,10 +320,12 @@ class ImageReplayBuffer(ReplayBuffer):
     def _allocate_obs(self, capacity: int, obs: ObsLayout) -> None:
         self.obs = torch.zeros((capacity, *obs.shape), dtype=obs.torch_dtype, device=self.device)
 
-    def _check_obs(self, obs: torch.Tensor) -> None:
-        """Refuse observations this buffer cannot keep, before anything is stored."""
+    def _check_obs(self, obs: torch.Tensor) -> Any:
+        """Refuse observations this buffer cannot keep, before anything is stored;
+        what it finds goes to :meth:`_store_obs`."""
+        return None
 
-    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
+    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor, checked: Any) -> None:
         self.obs[rows] = obs
 
     def _obs_state(self) -> dict[str, Any]:
@@ -342,7 +344,7 @@ class ImageReplayBuffer(ReplayBuffer):
         truncated: np.ndarray,
     ) -> None:
         """Append one vector step (one row per environment, ``num_envs`` rows)."""
-        self._check_obs(obs)
+        checked = self._check_obs(obs)
         n, cap = obs.shape[0], self.capacity
         rows = torch.arange(self.pos, self.pos + n, device=self.device) % cap
         # The rows written before these now have their successors: forget their
@@ -354,7 +356,7 @@ class ImageReplayBuffer(ReplayBuffer):
         old = self.side_row[rows]
         kept = (old >= 0) & (old < self.finals_kept)
         self.side_owner[old[kept]] = -1
-        self._store_obs(rows, obs)
+        self._store_obs(rows, obs, checked)
         self.actions[rows] = actions
         scalars = np.stack([rewards, terminated, truncated], axis=1).astype(np.float32)
         side = torch.arange(self.finals_kept, self.finals_kept + n)
@@ -460,8 +462,6 @@ class FrameReplayBuffer(ImageReplayBuffer):
         self.added = 0
         """Rows counted so far: the row counted ``c`` has frame slot
         ``c % frame_capacity``, the newest row (at ``pos - 1``) is counted ``added - 1``."""
-        self._shifted = torch.zeros(0, dtype=torch.bool, device=self.device)
-        """The rows being added: :meth:`_check_obs`."""
         self._last = torch.zeros((self.num_envs, *obs.shape), dtype=obs.torch_dtype,
                                  device=self.device)  # fmt: skip
         """The newest observation of each environment (once ``added``)."""
@@ -480,9 +480,9 @@ class FrameReplayBuffer(ImageReplayBuffer):
         count = self.added - 1 - (self.pos - 1 - idx) % self.capacity
         return self._stacks(count % self.frame_capacity)
 
-    def _check_obs(self, obs: torch.Tensor) -> None:
-        """Per environment, into :attr:`_shifted`: whether ``obs`` is its previous
-        observation shifted by a frame (else it is one frame repeated).
+    def _check_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Per environment: whether ``obs`` is its previous observation shifted by a
+        frame (else it is one frame repeated).
 
         Raises:
             ValueError: it is neither (before anything is stored).
@@ -497,15 +497,15 @@ class FrameReplayBuffer(ImageReplayBuffer):
                     f"frame nor one frame repeated {self.stack} times"
                 )
             shifted.append(shift)
-        self._shifted = torch.tensor(shifted, device=self.device)
+        return torch.tensor(shifted, device=self.device)
 
-    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor) -> None:
+    def _store_obs(self, rows: torch.Tensor, obs: torch.Tensor, checked: Any) -> None:
         start, n = self.added % self.frame_capacity, obs.shape[0]
         slots: slice | torch.Tensor = slice(start, start + n)  # a copy, not an index_put
         if start + n > self.frame_capacity:  # around the ring's end
             slots = torch.arange(start, start + n, device=self.device) % self.frame_capacity
         self.frames[slots] = obs[:, -1]
-        self.shifted[slots] = self._shifted
+        self.shifted[slots] = checked
         self._last.copy_(obs)
         self.added += obs.shape[0]
 
