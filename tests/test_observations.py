@@ -83,6 +83,34 @@ def test_the_cnn_reads_channels_first_and_last_alike():
     assert last(hwc).shape == (1, 512)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_first_convolution_sees_the_images_over_255_channels_last(precision):
+    """Whatever the images' layout (channels first or last, a strided slice), the first
+    convolution gets ``image / 255`` in the compute dtype, rounded once, laid out
+    channels last; float images that need a gradient get one."""
+    seen: list[torch.Tensor] = []
+    for channels_first in (False, True):
+        space = obs_envs.Pixels(channels_first=channels_first).observation_space
+        cnn = NatureCNN(space, 512, orthogonal=True)
+        set_precision(cnn, precision)
+        cnn.cnn[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        images = torch.from_numpy(
+            np.stack([obs_envs.Pixels(channels_first=channels_first).reset(seed=i)[0]
+                      for i in range(6)])
+        )  # fmt: skip
+        for batch in (images, images[::2]):  # contiguous, and every other image
+            cnn(batch)
+            chw = batch if channels_first else batch.permute(0, 3, 1, 2)
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            expected = (chw.to(torch.float32) / 255.0).to(dtype)
+            got = seen.pop()
+            assert got.dtype == dtype and torch.equal(got, expected)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+        floats = images.to(torch.float32).requires_grad_()
+        cnn(floats).sum().backward()
+        assert floats.grad is not None and floats.grad.abs().sum() > 0
+
+
 def test_the_cnn_in_bf16_convolves_in_bfloat16_near_fp32_and_trains_fp32_weights():
     """``set_precision(..., "bf16")``: every convolution and the linear layer compute in
     bfloat16, the features come out float32 within bfloat16's rounding of the fp32 ones,

@@ -174,9 +174,17 @@ class NatureCNN(Encoder):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.permute(0, 3, 1, 2)  # (N, C, H, W) shape, channels-last strides
-        else:  # channels-last strides: oneDNN's convolutions are ~1.5x faster on them
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = x.to(self.compute_dtype).div_(255.0)  # 0-255 are exact in bfloat16 too
+        # Scaled to [0, 1] in the compute dtype and laid out channels last (oneDNN's
+        # convolutions are ~1.5x faster on it) in one pass over the images: x / 255 is
+        # computed in float32 and rounded once, the same values as converting first
+        # (0-255 are exact in bfloat16 too) and dividing.
+        scaled = torch.empty(
+            x.shape, dtype=self.compute_dtype, device=x.device, memory_format=torch.channels_last
+        )
+        if x.requires_grad:  # (float images differentiated through: out= takes no graph)
+            x = scaled.copy_(x).div_(255.0)
+        else:
+            x = torch.div(x, 255.0, out=scaled)
         if self.compute_dtype == torch.float32:
             out: torch.Tensor = torch.relu(self.linear(self.cnn(x)))
             return out
