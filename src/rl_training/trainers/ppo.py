@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from rl_training.hyperparams import PPOHyperparams
+from rl_training.trainers.buffers import rows_at
 from rl_training.trainers.on_policy import (
     actor_critic_and_buffer,
     actor_critic_policy,
@@ -77,8 +78,9 @@ class PPOTrainer:
         n_minibatches = 0
         for _epoch in range(hp.n_epochs):
             perm = torch.randperm(batch, generator=session.generator, device=session.device)
-            e_obs, e_actions, e_logp = b_obs[perm], b_actions[perm], b_logp[perm]
-            e_adv, e_returns = b_adv[perm], b_returns[perm]
+            e_obs, e_actions, e_logp, e_adv, e_returns = (
+                rows_at(b, perm) for b in (b_obs, b_actions, b_logp, b_adv, b_returns)
+            )
             for start in range(0, batch, mb_size):
                 mb = slice(start, start + mb_size)
                 logp, entropy, value = agent.evaluate_actions(e_obs[mb], e_actions[mb])
